@@ -1,0 +1,52 @@
+"""`pulse-jax` command line: one subcommand per job.
+
+Each subcommand lives in its own module, which provides `add_arguments(parser)` and `run(args) -> int | None`.
+Modules are imported only when their subcommand runs, so `pulse-jax render` never pays for importing JAX.
+Errors of the PulseError family print as one line (naming the file or record) with exit status 1.
+"""
+
+import argparse
+import importlib
+import sys
+
+from pulse_jax.errors import PulseError
+
+# name -> (module, one-line help). Order is the order `pulse-jax --help` lists them.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("pulse_jax.ecg.synth", "write a synthetic ECG corpus in a real collection's on-disk layout"),
+    "render": ("pulse_jax.ecg.render", "render one record as a paper-ECG image"),
+    "demo": ("pulse_jax.demo", "the whole path on the embedded synthetic corpus, on CPU"),
+}
+
+
+def _top_level_help() -> str:
+  width = max(map(len, SUBCOMMANDS))
+  lines = ["usage: pulse-jax <command> [options]", "", "commands:"]
+  lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+  lines += ["", "`pulse-jax <command> --help` describes a command's options."]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] in ("-h", "--help"):
+    print(_top_level_help())
+    return 0
+  name, rest = argv[0], argv[1:]
+  if name not in SUBCOMMANDS:
+    print(f"pulse-jax: unknown command {name!r}\n\n{_top_level_help()}", file=sys.stderr)
+    return 2
+  module_name, help_ = SUBCOMMANDS[name]
+  module = importlib.import_module(module_name)
+  parser = argparse.ArgumentParser(prog=f"pulse-jax {name}", description=help_)
+  module.add_arguments(parser)
+  args = parser.parse_args(rest)
+  try:
+    return int(module.run(args) or 0)
+  except PulseError as e:
+    print(f"pulse-jax {name}: error: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""ECG signals and images, without JAX: leads, readers, synthesis, measurements and the paper-ECG renderer."""

@@ -1,0 +1,30 @@
+"""Exception families of pulse-jax.
+
+One type per failure family, each raised with the offending file, record or tensor named in the message,
+so that bulk jobs can catch a family, skip the item, count it and carry on, and the command line can print
+one line instead of a traceback.
+"""
+
+
+class PulseError(Exception):
+  """Base class: every error the command line reports as a one-line message with exit status 1."""
+
+
+class RecordError(PulseError):
+  """An ECG record (signal file, header, label table row) is missing, malformed or physiologically absurd."""
+
+
+class ImageError(PulseError):
+  """An image cannot be decoded or has an unusable size."""
+
+
+class ConversionError(PulseError):
+  """A checkpoint cannot be converted: unknown or missing tensor, shape mismatch, unsafe file format."""
+
+
+class ConfigError(PulseError):
+  """A configuration value is missing, inconsistent or out of range."""
+
+
+class DataError(PulseError):
+  """A dataset record (conversation, metadata, image path) is malformed."""
