@@ -1,0 +1,1 @@
+"""Checkpoint conversion to and from Hugging Face (LLaVA-NeXT safetensors) and the original LLaVA format."""

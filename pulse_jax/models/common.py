@@ -1,0 +1,110 @@
+"""Building blocks shared by the vision tower, the projector and the decoder.
+
+Every parameter is created with logical axis names (`embed`, `mlp`, `heads`, `kv_heads`, `vocab`, `layers`, ...).
+The logical-to-mesh rules live in the training config (pulse_jax.parallel); here the model only says what each
+axis means.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_ACTIVATIONS = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str):
+  """The activation called `name` in transformers' ACT2FN (exact erf GELU for 'gelu', as PyTorch)."""
+  try:
+    return _ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(f"unsupported activation {name!r}; known: {sorted(_ACTIVATIONS)}") from None
+
+
+def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
+          param_dtype, dtype, rngs: nnx.Rngs, std: float = 0.02) -> nnx.Linear:
+  """nnx.Linear whose kernel [in, out] carries logical `axes` (the bias takes the output axis)."""
+  return nnx.Linear(
+      in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+      rngs=rngs)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Scaled dot-product attention with grouped-query support.
+
+  Args:
+    q: [B, T, N, H] queries; k, v: [B, S, K, H] keys/values with N a multiple of K (GQA: each key/value head
+      serves N / K query heads).
+    mask: bool[B, T, S], True where query t may attend key s; None for full attention.
+
+  Returns:
+    [B, T, N, H]. Softmax runs in float32 whatever the input dtype; fully masked rows return zeros.
+  """
+  batch, q_len, num_heads, head_dim = q.shape
+  num_kv_heads = k.shape[2]
+  q = q.reshape(batch, q_len, num_kv_heads, num_heads // num_kv_heads, head_dim)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(head_dim))
+  if mask is not None:
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  if mask is not None:
+    probs = jnp.where(mask[:, None, None].any(-1, keepdims=True), probs, 0.0)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v)
+  return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with HF parameter names (scale/bias), replicated ('norm' axis)."""
+
+  def __init__(self, size: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+    del rngs
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((size,), param_dtype), out_sharding=("norm",))
+    self.bias = nnx.Param(jnp.zeros((size,), param_dtype), out_sharding=("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+  """LLaMA RMSNorm: normalise in float32, cast back, then scale (the order transformers uses)."""
+
+  def __init__(self, size: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+    del rngs
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((size,), param_dtype), out_sharding=("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(dtype) * y.astype(dtype)
+
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def maybe_remat(fn, policy: str):
+  """Wraps a layer body (which may take NNX modules) in nnx.remat under the named policy; 'none' leaves it.
+
+  prevent_cse=False because the body runs inside a scan, where CSE across iterations cannot happen anyway.
+  """
+  if policy == "none":
+    return fn
+  return nnx.remat(fn, policy=REMAT_POLICIES[policy], prevent_cse=False)

@@ -1,0 +1,212 @@
+"""PulseModel numerics against transformers (random tiny models, fp32, within 1e-4), KV cache and sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from flax import nnx  # noqa: E402
+
+from pulse_jax import parallel  # noqa: E402
+from pulse_jax.convert import hf  # noqa: E402
+from pulse_jax.models import KVCache, feature_layout, num_image_tokens  # noqa: E402
+from tests.hf_oracle import IMAGE_TOKEN, SPECS, tiny_llava_next, to_numpy  # noqa: E402
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=SPECS, ids=lambda s: s.name)
+def pair(request, tmp_path_factory):
+  """(transformers model, our PulseModel loaded from its save_pretrained folder, our config), spatial_unpad."""
+  theirs = tiny_llava_next(request.param)
+  folder = tmp_path_factory.mktemp(request.param.name)
+  theirs.save_pretrained(folder)
+  ours, config = hf.load(folder)
+  return theirs, ours, config
+
+
+@pytest.fixture(scope="module")
+def flat_pair(tmp_path_factory):
+  theirs = tiny_llava_next(SPECS[1], seed=1)
+  folder = tmp_path_factory.mktemp("flat")
+  theirs.save_pretrained(folder)
+  ours, config = hf.load(folder, merge_mode="flat")
+  return theirs, ours, config
+
+
+def _prompt(rng, config, image_size, prefix=5, suffix=7):
+  """int[T] ids: text, one placeholder per image feature (or none), text. Text ids avoid the image token."""
+  n_image = 0 if image_size is None else num_image_tokens(image_size, config)
+  text = lambda n: rng.integers(3, IMAGE_TOKEN, n)
+  return np.concatenate([text(prefix), np.full(n_image, IMAGE_TOKEN), text(suffix)]).astype(np.int32)
+
+
+def _pixels(rng, config, batch):
+  return rng.normal(size=(batch, config.max_views, 3, 32, 32)).astype(np.float32)
+
+
+def test_language_model_matches_llama(pair):
+  theirs, ours, _ = pair
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 250, (2, 12)).astype(np.int32)
+  mask = np.ones((2, 12), np.int32)
+  mask[1, 9:] = 0  # right padding, as in training
+  with torch.no_grad():
+    want = theirs.model.language_model(input_ids=torch.tensor(ids, dtype=torch.long),
+                                       attention_mask=torch.tensor(mask)).last_hidden_state
+    want = to_numpy(theirs.lm_head(want))
+  got, _ = ours.language_model(jnp.asarray(ids), jnp.asarray(mask))
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[valid], want[valid], atol=ATOL, rtol=0)
+
+
+def test_vision_tower_matches_clip(pair):
+  theirs, ours, config = pair
+  pixels = np.random.default_rng(1).normal(size=(3, 3, 32, 32)).astype(np.float32)
+  with torch.no_grad():
+    hidden = theirs.model.vision_tower(torch.tensor(pixels), output_hidden_states=True).hidden_states
+  want = to_numpy(hidden[config.vision.feature_layer])[:, 1:]
+  got = ours.vision_tower(jnp.asarray(pixels))
+  assert got.shape == (3, 16, 32)
+  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=0)
+
+
+def test_text_only_matches_llava_next(pair):
+  theirs, ours, config = pair
+  rng = np.random.default_rng(2)
+  ids = np.stack([_prompt(rng, config, None, 6, 6) for _ in range(2)])
+  with torch.no_grad():
+    want = to_numpy(theirs(input_ids=torch.tensor(ids, dtype=torch.long)).logits)
+  got = ours(jnp.asarray(ids))
+  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("image_size", [(30, 70), (70, 30), (50, 47)], ids=["wide", "tall", "square"])
+def test_one_image_matches_llava_next(pair, image_size):
+  """Each size selects a different anyres grid (1x2, 2x1, 2x2) and a different unpadding."""
+  theirs, ours, config = pair
+  rng = np.random.default_rng(3)
+  ids = _prompt(rng, config, image_size)[None]
+  pixels = _pixels(rng, config, 1)
+  sizes = np.array([image_size])
+  with torch.no_grad():
+    want = to_numpy(theirs(input_ids=torch.tensor(ids, dtype=torch.long), pixel_values=torch.tensor(pixels),
+                           image_sizes=torch.tensor(sizes)).logits)
+  got = ours(jnp.asarray(ids), jnp.asarray(pixels), sizes)
+  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=0)
+
+
+def test_batch_with_mixed_grids_under_jit(pair):
+  """Two images of different grids in one jitted batch, right-padded: the layout carries the per-row shape."""
+  theirs, ours, config = pair
+  rng = np.random.default_rng(4)
+  sizes = np.array([(30, 70), (50, 47)])
+  prompts = [_prompt(rng, config, tuple(s)) for s in sizes]
+  length = max(map(len, prompts))
+  ids = np.zeros((2, length), np.int32)
+  mask = np.zeros((2, length), np.int32)
+  for row, p in enumerate(prompts):
+    ids[row, :len(p)], mask[row, :len(p)] = p, 1
+  pixels = _pixels(rng, config, 2)
+  forward = nnx.jit(lambda m, i, p, l, a: m(i, p, attention_mask=a, layout=l))
+  got = np.asarray(forward(ours, ids, pixels, feature_layout(sizes, config), mask))
+  for row, p in enumerate(prompts):
+    with torch.no_grad():
+      want = to_numpy(theirs(input_ids=torch.tensor(p[None], dtype=torch.long),
+                             pixel_values=torch.tensor(pixels[row:row + 1]),
+                             image_sizes=torch.tensor(sizes[row:row + 1])).logits)[0]
+    np.testing.assert_allclose(got[row, :len(p)], want, atol=ATOL, rtol=0)
+
+
+def test_flat_mode_matches_hand_assembled_parts(flat_pair):
+  """PULSE's flat merge: CLIP -> projector -> [global view, tiles] concatenated -> LLaMA on inputs_embeds."""
+  theirs, ours, config = flat_pair
+  rng = np.random.default_rng(5)
+  image_size = (30, 70)  # 1 x 2 grid: 3 views
+  ids = _prompt(rng, config, image_size)
+  assert (ids == IMAGE_TOKEN).sum() == 3 * 16
+  pixels = _pixels(rng, config, 1)
+  with torch.no_grad():
+    hidden = theirs.model.vision_tower(torch.tensor(pixels[0, :3]), output_hidden_states=True).hidden_states
+    feats = theirs.model.multi_modal_projector(hidden[-2][:, 1:]).reshape(-1, 64)
+    embeds = theirs.model.language_model.embed_tokens(torch.tensor(np.where(ids == IMAGE_TOKEN, 0, ids)))
+    embeds[torch.tensor(ids == IMAGE_TOKEN)] = feats
+    want = to_numpy(theirs.lm_head(theirs.model.language_model(inputs_embeds=embeds[None]).last_hidden_state))
+  got = ours(jnp.asarray(ids[None]), jnp.asarray(pixels), np.array([image_size]))
+  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=0)
+
+
+def test_placeholder_count_is_checked(pair):
+  _, ours, config = pair
+  ids = _prompt(np.random.default_rng(6), config, (30, 70))[None]
+  pixels = _pixels(np.random.default_rng(6), config, 1)
+  with pytest.raises(Exception, match="image placeholder tokens"):
+    ours(jnp.asarray(ids[:, :-10]), jnp.asarray(pixels), np.array([(70, 30)]))
+
+
+def test_kv_cache_greedy_decoding_equals_full_forward(pair):
+  """Prefill a left-padded batch with an image, then decode 8 tokens one at a time with the cache; at every step
+  the token equals the argmax of a full forward over the whole sequence so far, and so do the logits."""
+  _, ours, config = pair
+  rng = np.random.default_rng(7)
+  sizes = np.array([(30, 70), (70, 30)])
+  prompts = [_prompt(rng, config, tuple(sizes[0]), 3, 4), _prompt(rng, config, tuple(sizes[1]), 8, 6)]
+  length = max(map(len, prompts))
+  ids = np.zeros((2, length), np.int32)
+  mask = np.zeros((2, length), bool)
+  for row, p in enumerate(prompts):  # left padding: every row's last prompt token sits at the same slot
+    ids[row, length - len(p):], mask[row, length - len(p):] = p, True
+  pixels, layout = _pixels(rng, config, 2), feature_layout(sizes, config)
+
+  extend = nnx.jit(lambda m, i, c, a, p=None, l=None: m.extend(i, c, p, attention_mask=a, layout=l))
+  full = nnx.jit(lambda m, i, p, l, a: m(i, p, attention_mask=a, layout=l))
+  cache = KVCache.empty(config.text, batch=2, capacity=length + 8)
+  logits, cache = extend(ours, ids, cache, mask, pixels, layout)
+  seq, seq_mask = ids, mask
+  for step in range(8):
+    reference = np.asarray(full(ours, seq, pixels, layout, seq_mask))[:, -1]
+    np.testing.assert_allclose(np.asarray(logits)[:, -1], reference, atol=ATOL, rtol=0, err_msg=f"step {step}")
+    token = reference.argmax(-1).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(logits)[:, -1].argmax(-1), token)
+    seq = np.concatenate([seq, token[:, None]], 1)
+    seq_mask = np.concatenate([seq_mask, np.ones((2, 1), bool)], 1)
+    logits, cache = extend(ours, token[:, None], cache, np.ones((2, 1), bool))
+  assert int(cache.end) == length + 8
+  np.testing.assert_array_equal(np.asarray(cache.lengths), [len(p) + 8 for p in prompts])
+
+
+def test_model_is_sharded_on_a_2x2x2_mesh(pair):
+  _, _, config = pair
+  mesh = parallel.make_mesh((2, 2, 2))
+  model = parallel.create_model(config, mesh, seed=0)
+  lm = model.language_model
+  q = lm.model.layers.self_attn.q_proj.kernel[...]  # [L, embed, heads]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert q.addressable_shards[0].data.shape == (q.shape[0], q.shape[1] // 2, q.shape[2] // 2)
+  embed = lm.model.embed_tokens.embedding[...]  # [vocab, embed]
+  assert embed.addressable_shards[0].data.shape == (embed.shape[0] // 2, embed.shape[1] // 2)
+  fc1 = model.vision_tower.layers.mlp.fc1.kernel[...]
+  assert fc1.addressable_shards[0].data.shape == (fc1.shape[0], fc1.shape[1] // 2, fc1.shape[2] // 2)
+  # A sharded forward pass gives the same logits as the unsharded model with the same weights.
+  ids = jnp.asarray(np.random.default_rng(8).integers(3, 250, (4, 10)), jnp.int32)
+  sharded = nnx.jit(lambda m, i: m(i))(model, ids)
+  single = jax.tree.map(lambda a: jax.device_put(a, jax.devices()[0]), nnx.state(model))
+  unsharded = nnx.merge(nnx.graphdef(model), single)
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(unsharded(ids)), atol=ATOL, rtol=0)
+
+
+def test_bfloat16_policy(pair):
+  """bf16 parameters and compute: parameters stored in bf16, logits close to fp32 ones (bf16 has ~3 digits)."""
+  _, ours, config = pair
+  bf16 = config.replace(param_dtype="bfloat16", dtype="bfloat16")
+  state = jax.tree.map(lambda a: a.astype(jnp.bfloat16), nnx.state(ours))
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: __import__("pulse_jax").models.PulseModel(bf16, rngs=nnx.Rngs(0)))
+  nnx.update(model, state)
+  assert model.language_model.lm_head.kernel[...].dtype == jnp.bfloat16
+  ids = jnp.asarray(np.random.default_rng(9).integers(3, 250, (1, 10)), jnp.int32)
+  got, want = model(ids), ours(ids)
+  assert got.dtype == jnp.float32
+  assert np.abs(np.asarray(got) - np.asarray(want)).max() < 0.1 * np.abs(np.asarray(want)).max()
