@@ -7,7 +7,15 @@ one line instead of a traceback.
 
 
 class PulseError(Exception):
-  """Base class: every error the command line reports as a one-line message with exit status 1."""
+  """Base class: every error the command line reports as a one-line message with exit status 1.
+
+  `reason` is an optional short, fixed phrase ('flat lead', 'missing file') under which bulk jobs count the
+  items they skip; the message carries the specifics (which record, which lead, which value).
+  """
+
+  def __init__(self, message: str, *, reason: str | None = None):
+    super().__init__(message)
+    self.reason = reason
 
 
 class RecordError(PulseError):

@@ -74,19 +74,23 @@ def validate_signal(signal: np.ndarray, fs: float, record: str) -> np.ndarray:
   """
   signal = np.asarray(signal)
   if signal.ndim != 2 or signal.shape[0] != len(STANDARD_LEADS):
-    raise RecordError(f"{record}: expected a [12, T] signal, got shape {signal.shape}")
+    raise RecordError(f"{record}: expected a [12, T] signal, got shape {signal.shape}", reason="wrong shape")
   if not np.isfinite(fs) or not MIN_FS <= fs <= MAX_FS:
-    raise RecordError(f"{record}: sampling rate {fs} Hz is outside [{MIN_FS:g}, {MAX_FS:g}]")
+    raise RecordError(f"{record}: sampling rate {fs} Hz is outside [{MIN_FS:g}, {MAX_FS:g}]",
+                      reason="absurd sampling rate")
   if signal.shape[1] < MIN_SECONDS * fs:
-    raise RecordError(f"{record}: only {signal.shape[1]} samples ({signal.shape[1] / fs:.2f} s) at {fs:g} Hz")
+    raise RecordError(f"{record}: only {signal.shape[1]} samples ({signal.shape[1] / fs:.2f} s) at {fs:g} Hz",
+                      reason="too short")
   finite = np.isfinite(signal)
   if not finite.all():
     bad = [STANDARD_LEADS[i] for i in np.flatnonzero(~finite.all(axis=1))]
-    raise RecordError(f"{record}: NaN or infinite samples in lead(s) {', '.join(bad)}")
+    raise RecordError(f"{record}: NaN or infinite samples in lead(s) {', '.join(bad)}",
+                      reason="NaN or infinite samples")
   flat = [STANDARD_LEADS[i] for i in np.flatnonzero(signal.std(axis=1) < FLAT_LEAD_STD_MV)]
   if flat:
-    raise RecordError(f"{record}: flat lead(s) {', '.join(flat)}")
+    raise RecordError(f"{record}: flat lead(s) {', '.join(flat)}", reason="flat lead")
   peak = float(np.abs(signal).max())
   if peak > MAX_ABS_MV:
-    raise RecordError(f"{record}: amplitude {peak:.1f} mV exceeds {MAX_ABS_MV:g} mV (wrong units?)")
+    raise RecordError(f"{record}: amplitude {peak:.1f} mV exceeds {MAX_ABS_MV:g} mV (wrong units?)",
+                      reason="absurd amplitude")
   return np.ascontiguousarray(signal, dtype=np.float32)

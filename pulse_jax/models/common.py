@@ -40,24 +40,30 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
 
   Args:
     q: [B, T, N, H] queries; k, v: [B, S, K, H] keys/values with N a multiple of K (GQA: each key/value head
-      serves N / K query heads).
+      serves G = N / K query heads).
     mask: bool[B, T, S], True where query t may attend key s; None for full attention.
 
   Returns:
     [B, T, N, H]. Softmax runs in float32 whatever the input dtype; fully masked rows return zeros.
+
+  The G query heads of a group are folded into the query-length axis ([B, K, G*T, H]), so both products are
+  batched matmuls with leading batch axes and the keys/values are never repeated per query head.
   """
   batch, q_len, num_heads, head_dim = q.shape
-  num_kv_heads = k.shape[2]
-  q = q.reshape(batch, q_len, num_kv_heads, num_heads // num_kv_heads, head_dim)
-  scores = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(head_dim))
+  kv_len, num_kv_heads = k.shape[1], k.shape[2]
+  groups = num_heads // num_kv_heads
+  q = q.reshape(batch, q_len, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(batch, num_kv_heads, groups * q_len, head_dim)
+  scores = jnp.einsum("bkxh,bskh->bkxs", q, k).astype(jnp.float32) * (head_dim**-0.5)
+  scores = scores.reshape(batch, num_kv_heads, groups, q_len, kv_len)
   if mask is not None:
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1)
   if mask is not None:
     probs = jnp.where(mask[:, None, None].any(-1, keepdims=True), probs, 0.0)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v.dtype), v)
-  return out.reshape(batch, q_len, num_heads, head_dim)
+  probs = probs.reshape(batch, num_kv_heads, groups * q_len, kv_len).astype(v.dtype)
+  out = jnp.einsum("bkxs,bskh->bkxh", probs, v).reshape(batch, num_kv_heads, groups, q_len, head_dim)
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, num_heads, head_dim)
 
 
 class LayerNorm(nnx.Module):

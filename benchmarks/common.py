@@ -1,0 +1,24 @@
+"""Shared pieces of the benchmarks: timing and the side-by-side report."""
+
+import time
+from collections.abc import Callable
+
+
+def best_seconds(step: Callable[[], object], *, repeats: int, warmup: int = 1) -> float:
+  """Best wall time of `repeats` calls of step() after `warmup` untimed ones (best-of filters scheduler noise)."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def report(title: str, unit: str, ours: float, peer: float, peer_name: str) -> None:
+  """Prints both figures (higher is better) and, last, the ratio ours / peer."""
+  print(f"{title}")
+  print(f"  pulse-jax        : {ours:10.1f} {unit}")
+  print(f"  {peer_name:<17}: {peer:10.1f} {unit}")
+  print(f"ratio pulse-jax / {peer_name}: {ours / peer:.2f}x")
