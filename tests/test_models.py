@@ -210,3 +210,60 @@ def test_bfloat16_policy(pair):
   got, want = model(ids), ours(ids)
   assert got.dtype == jnp.float32
   assert np.abs(np.asarray(got) - np.asarray(want)).max() < 0.1 * np.abs(np.asarray(want)).max()
+
+
+def test_every_parameter_has_logical_axes(pair):
+  _, ours, _ = pair
+  for path, variable in nnx.to_flat_state(nnx.state(ours, nnx.Param)):
+    axes = variable.get_metadata().get("out_sharding")
+    assert axes is not None and len(axes) == variable[...].ndim, path
+
+
+def _rewrite_keys(src, dst, rename):
+  """Copies a safetensors checkpoint folder with every tensor key passed through `rename`."""
+  from safetensors.numpy import load_file, save_file
+  dst.mkdir()
+  (dst / "config.json").write_text((src / "config.json").read_text())
+  tensors = load_file(str(src / "model.safetensors"))
+  save_file({rename(k): v for k, v in tensors.items()}, str(dst / "model.safetensors"))
+
+
+@pytest.mark.parametrize("layout", ["canonical", "hub_vision_model"])
+def test_hf_import_reads_every_key_layout(tmp_path, layout):
+  """The legacy layout is covered by the fixtures; here the transformers>=4.52 one and the hub's
+  `vision_tower.vision_model.*` spelling give the same parameters."""
+  theirs = tiny_llava_next(SPECS[1], seed=2)
+  legacy = tmp_path / "legacy"
+  theirs.save_pretrained(legacy)
+  if layout == "canonical":
+    theirs.save_pretrained(tmp_path / "other", save_original_format=False)
+  else:
+    _rewrite_keys(legacy, tmp_path / "other",
+                  lambda k: k.replace("vision_tower.", "vision_tower.vision_model.", 1))
+  a, _ = hf.load(legacy)
+  b, _ = hf.load(tmp_path / "other")
+  for (path, x), (_, y) in zip(nnx.to_flat_state(nnx.state(a)), nnx.to_flat_state(nnx.state(b))):
+    np.testing.assert_array_equal(np.asarray(x[...]), np.asarray(y[...]), err_msg=str(path))
+
+
+def test_hf_import_errors_name_the_problem(tmp_path):
+  from pulse_jax.errors import ConversionError
+  theirs = tiny_llava_next(SPECS[0], seed=3)
+  good = tmp_path / "good"
+  theirs.save_pretrained(good)
+  _rewrite_keys(good, tmp_path / "missing", lambda k: k.replace("layers.1.mlp.up_proj", "layers.1.mlp.upp"))
+  with pytest.raises(ConversionError, match=r"layers\.1\.mlp\.up_proj\.weight is missing"):
+    hf.load(tmp_path / "missing")
+  pickled = tmp_path / "pickled"
+  pickled.mkdir()
+  (pickled / "config.json").write_text((good / "config.json").read_text())
+  (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+  with pytest.raises(ConversionError, match="pickle files are never loaded"):
+    hf.load(pickled)
+  truncated = tmp_path / "truncated"
+  truncated.mkdir()
+  (truncated / "config.json").write_text((good / "config.json").read_text())
+  data = (good / "model.safetensors").read_bytes()
+  (truncated / "model.safetensors").write_bytes(data[:len(data) // 2])
+  with pytest.raises(ConversionError, match="model.safetensors"):
+    hf.load(truncated)
