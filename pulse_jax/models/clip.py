@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pulse_jax.models.common import LayerNorm, activation, attention, dense, maybe_remat
+from pulse_jax.models.common import LayerNorm, activation, attention, dense, maybe_remat, sharding_context
 from pulse_jax.models.config import PulseConfig
 
 
@@ -109,19 +109,20 @@ class CLIPVisionTower(nnx.Module):
   """Returns the hidden state selected by `config.vision.feature_layer` (CLS dropped under 'default')."""
 
   def __init__(self, config: PulseConfig, *, rngs: nnx.Rngs):
-    v = config.vision
-    self.config = config
-    self.embeddings = VisionEmbeddings(config, rngs=rngs)
-    self.pre_layrnorm = LayerNorm(v.hidden_size, v.layer_norm_eps, param_dtype=config.jnp_param_dtype, rngs=rngs)
+    with sharding_context():
+      v = config.vision
+      self.config = config
+      self.embeddings = VisionEmbeddings(config, rngs=rngs)
+      self.pre_layrnorm = LayerNorm(v.hidden_size, v.layer_norm_eps, param_dtype=config.jnp_param_dtype, rngs=rngs)
 
-    @nnx.split_rngs(splits=v.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def make_layers(rngs):
-      return VisionLayer(config, rngs=rngs)
+      @nnx.split_rngs(splits=v.num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def make_layers(rngs):
+        return VisionLayer(config, rngs=rngs)
 
-    self.layers = make_layers(rngs)
-    self.post_layernorm = LayerNorm(
-        v.hidden_size, v.layer_norm_eps, param_dtype=config.jnp_param_dtype, rngs=rngs)
+      self.layers = make_layers(rngs)
+      self.post_layernorm = LayerNorm(
+          v.hidden_size, v.layer_norm_eps, param_dtype=config.jnp_param_dtype, rngs=rngs)
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
     """pixel_values float[N, 3, S, S] -> features [N, P, E] (P = 576 for ViT-L/14 at 336 px, CLS dropped)."""

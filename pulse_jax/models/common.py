@@ -5,6 +5,8 @@ The logical-to-mesh rules live in the training config (pulse_jax.parallel); here
 axis means.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,6 +25,18 @@ def activation(name: str):
     return _ACTIVATIONS[name]
   except KeyError:
     raise ValueError(f"unsupported activation {name!r}; known: {sorted(_ACTIVATIONS)}") from None
+
+
+def sharding_context():
+  """Eager sharding when a mesh is set (jax.set_mesh), none otherwise.
+
+  Flax shards annotated parameters eagerly at creation and refuses to create them without a mesh; a model built
+  outside any mesh (a notebook, a single-device test) simply gets unsharded parameters that still carry their
+  logical axes, so it can be sharded later.
+  """
+  if jax.sharding.get_abstract_mesh().empty:
+    return nnx.use_eager_sharding(False)
+  return contextlib.nullcontext()
 
 
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, use_bias: bool,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pulse_jax.models.common import RMSNorm, activation, attention, dense, maybe_remat
+from pulse_jax.models.common import RMSNorm, activation, attention, dense, maybe_remat, sharding_context
 from pulse_jax.models.config import PulseConfig, TextConfig
 
 
@@ -195,10 +195,11 @@ class LlamaForCausalLM(nnx.Module):
   """LlamaModel plus an untied lm_head: logits over the vocabulary."""
 
   def __init__(self, config: PulseConfig, *, rngs: nnx.Rngs):
-    t = config.text
-    self.model = LlamaModel(config, rngs=rngs)
-    self.lm_head = dense(t.hidden_size, t.vocab_size, ("embed", "vocab"), use_bias=False,
-                         param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs)
+    with sharding_context():
+      t = config.text
+      self.model = LlamaModel(config, rngs=rngs)
+      self.lm_head = dense(t.hidden_size, t.vocab_size, ("embed", "vocab"), use_bias=False,
+                           param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.model.embed_tokens(input_ids)

@@ -23,7 +23,7 @@ from flax import nnx
 from pulse_jax.data.image_processor import anyres_grid_shape, unpadded_features_shape
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.clip import CLIPVisionTower
-from pulse_jax.models.common import activation, dense
+from pulse_jax.models.common import activation, dense, sharding_context
 from pulse_jax.models.config import PulseConfig
 from pulse_jax.models.llama import KVCache, LlamaForCausalLM
 
@@ -98,14 +98,15 @@ class PulseModel(nnx.Module):
   """
 
   def __init__(self, config: PulseConfig, *, rngs: nnx.Rngs):
-    self.config = config
-    self.vision_tower = CLIPVisionTower(config, rngs=rngs)
-    self.multi_modal_projector = Projector(config, rngs=rngs)
-    self.language_model = LlamaForCausalLM(config, rngs=rngs)
-    if config.merge_mode == "spatial_unpad":
-      self.image_newline = nnx.Param(
-          nnx.initializers.normal(config.text.hidden_size**-0.5)(
-              rngs.params(), (config.text.hidden_size,), config.jnp_param_dtype), out_sharding=("norm",))
+    with sharding_context():
+      self.config = config
+      self.vision_tower = CLIPVisionTower(config, rngs=rngs)
+      self.multi_modal_projector = Projector(config, rngs=rngs)
+      self.language_model = LlamaForCausalLM(config, rngs=rngs)
+      if config.merge_mode == "spatial_unpad":
+        self.image_newline = nnx.Param(
+            nnx.initializers.normal(config.text.hidden_size**-0.5)(
+                rngs.params(), (config.text.hidden_size,), config.jnp_param_dtype), out_sharding=("norm",))
 
   def image_features(self, pixel_values: jax.Array) -> jax.Array:
     """pixel_values [B, V, 3, S, S] -> projected features [B, V * P, E_text] (views in order)."""
