@@ -36,3 +36,8 @@ class ConfigError(PulseError):
 
 class DataError(PulseError):
   """A dataset record (conversation, metadata, image path) is malformed."""
+
+
+class JudgeError(PulseError):
+  """The LLM judge's endpoint cannot be used: unreachable or failing after all retries, refusing the request
+  (HTTP 4xx), or replying with something that is not a chat completion."""
