@@ -13,8 +13,9 @@ from pulse_jax.errors import PulseError
 
 # name -> (module, one-line help). Order is the order `pulse-jax --help` lists them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("pulse_jax.ecg.synth", "write a synthetic ECG corpus in a real collection's on-disk layout"),
+    "synth": ("pulse_jax.ecg.corpus", "write a synthetic ECG corpus in a real collection's on-disk layout"),
     "render": ("pulse_jax.ecg.render", "render one record as a paper-ECG image"),
+    "train-tokenizer": ("pulse_jax.data.tokenizer", "train a small LLaMA-style SentencePiece tokenizer on text"),
     "demo": ("pulse_jax.demo", "the whole path on the embedded synthetic corpus, on CPU"),
 }
 
