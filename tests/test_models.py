@@ -267,3 +267,18 @@ def test_hf_import_errors_name_the_problem(tmp_path):
   (truncated / "model.safetensors").write_bytes(data[:len(data) // 2])
   with pytest.raises(ConversionError, match="model.safetensors"):
     hf.load(truncated)
+
+
+@pytest.mark.parametrize("length", [300, 700])
+def test_causal_block_skipping_is_exact(length):
+  """causal_attention cuts queries into chunks that see only earlier keys; it must equal full attention."""
+  from pulse_jax.models.common import attention, causal_attention
+  rng = np.random.default_rng(10)
+  q = jnp.asarray(rng.normal(size=(2, length, 4, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(2, length, 2, 16)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(2, length, 2, 16)), jnp.float32)
+  valid = np.ones((2, length), bool)
+  valid[1, length - 37:] = False  # right padding
+  mask = jnp.tril(jnp.ones((length, length), bool))[None] & jnp.asarray(valid)[:, None, :]
+  np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, mask, block=128)),
+                             np.asarray(attention(q, k, v, mask)), atol=1e-5, rtol=0)

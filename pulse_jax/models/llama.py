@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pulse_jax.models.common import RMSNorm, activation, attention, dense, maybe_remat, sharding_context
+from pulse_jax.models.common import (RMSNorm, activation, attention, causal_attention, dense, maybe_remat,
+                                     sharding_context)
 from pulse_jax.models.config import PulseConfig, TextConfig
 
 
@@ -81,11 +82,13 @@ class Attention(nnx.Module):
     q = rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), positions, self.rope_theta)
     k = rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), positions, self.rope_theta)
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-    if kv is not None:
+    if kv is None:
+      out = causal_attention(q, k, v, mask)
+    else:
       k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), end, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), end, axis=1)
       kv = (k, v)
-    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+      out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
     return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), kv
 
 
