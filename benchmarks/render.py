@@ -28,7 +28,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import report  # noqa: E402
+from benchmarks.common import best_seconds, report  # noqa: E402
 from pulse_jax.ecg import render, synth  # noqa: E402
 from pulse_jax.ecg.record import EcgRecord  # noqa: E402
 
@@ -76,13 +76,7 @@ def matplotlib_page(record: EcgRecord, info: render.RenderInfo) -> bytes:
 
 def throughput(step, n_images: int, repeats: int) -> float:
   """Images per CPU second of step() (which makes n_images), best of `repeats` passes after one warm-up."""
-  step()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.process_time()
-    step()
-    best = min(best, time.process_time() - start)
-  return n_images / best
+  return n_images / best_seconds(step, repeats=repeats, clock=time.process_time)
 
 
 def main() -> None:

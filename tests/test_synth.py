@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.signal
+import tqdm
 
 from pulse_jax import cli
 from pulse_jax.ecg import corpus, readers, snomed, synth
@@ -371,6 +372,24 @@ def test_corpora_are_deterministic(tmp_path):
   second = corpus.write_corpus("code15", tmp_path / "b", 4, seed=1)
   assert [r.record_id for r in first] == [r.record_id for r in second]
   assert (tmp_path / "a" / "exams.csv").read_text() == (tmp_path / "b" / "exams.csv").read_text()
+
+
+def test_progress_bar_advances_as_records_are_written(tmp_path, monkeypatch):
+  """The bar hands out each record just before it is synthesized and written, not all of them up front."""
+  handed_out, handed_out_at_synthesis = [], []
+
+  class RecordingBar(tqdm.tqdm):
+    def __iter__(self):
+      for draw in super().__iter__():
+        handed_out.append(draw)
+        yield draw
+
+  synthesize = corpus._record
+  monkeypatch.setattr(corpus, "tqdm", RecordingBar)
+  monkeypatch.setattr(corpus, "_record", lambda *args, **kwargs: (handed_out_at_synthesis.append(len(handed_out)),
+                                                                  synthesize(*args, **kwargs))[1])
+  corpus.write_corpus("challenge", tmp_path, 3, progress=True)
+  assert handed_out_at_synthesis == [1, 2, 3]
 
 
 def test_synth_command(tmp_path, capsys):

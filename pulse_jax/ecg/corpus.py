@@ -26,10 +26,12 @@ import scipy.io
 from scipy import signal as sps
 from tqdm import tqdm
 
-from pulse_jax.ecg import snomed
+from pulse_jax.ecg import findings, snomed
 from pulse_jax.ecg.leads import STANDARD_LEADS, lead_index
+from pulse_jax.ecg.readers import CODE15_LABELS
 from pulse_jax.ecg.record import EcgRecord
-from pulse_jax.ecg.synth import FINDINGS, RHYTHMS, EcgSpec, sample_spec, statements, synthesize
+from pulse_jax.ecg.synth import (FINDINGS, RHYTHMS, TERRITORIAL_FINDINGS, EcgSpec, sample_spec, statements,
+                                 synthesize)
 from pulse_jax.errors import ConfigError
 
 PathLike = str | os.PathLike[str]
@@ -40,17 +42,7 @@ _REPEAT_PATIENT = 0.25
 
 # --- Taxonomies -----------------------------------------------------------------------------------------------
 
-# PTB-XL SCP-ECG statements for each finding ({} territory: inferior, anterior, lateral). Old Q-wave infarcts
-# and acute ST elevation both take the infarct statement of their wall (PTB-XL's MI class), ST depression the
-# ischaemia statement of its wall (STTC); ST, PVC and PAC statements are form statements.
-_SCP_RHYTHM = {"sinus_rhythm": "SR", "sinus_bradycardia": "SBRAD", "sinus_tachycardia": "STACH",
-               "atrial_fibrillation": "AFIB"}
-_SCP_INFARCT = {"inferior": "IMI", "anterior": "AMI", "lateral": "LMI"}
-_SCP_ISCHAEMIA = {"inferior": "ISCIN", "anterior": "ISCAN", "lateral": "ISCLA"}
-_SCP_FINDING = {"first_degree_av_block": ("1AVB",), "right_bundle_branch_block": ("CRBBB",),
-                "left_bundle_branch_block": ("CLBBB",), "left_ventricular_hypertrophy": ("LVH",),
-                "premature_ventricular_complexes": ("PVC",), "premature_atrial_complexes": ("PAC",)}
-# The rows of PTB-XL's scp_statements.csv (v1.0.3, CC BY 4.0) for every statement written above.
+# The rows of PTB-XL's scp_statements.csv (v1.0.3, CC BY 4.0) for every statement ptbxl_scp_codes writes.
 _SCP_STATEMENTS_CSV = """\
 ,description,diagnostic,form,rhythm,diagnostic_class,diagnostic_subclass,Statement Category,SCP-ECG Statement Description,AHA code,aECG REFID,CDISC Code,DICOM Code
 NORM,normal ECG,1.0,,,NORM,NORM,Normal/abnormal,normal ECG,1,,,F-000B7
@@ -73,14 +65,11 @@ AFIB,atrial fibrillation,,,1.0,,,Statements related to impulse formation (abnorm
 STACH,sinus tachycardia,,,1.0,,,Statements related to impulse formation (abnormalities),sinus tachycardia,21,MDC_ECG_RHY_SINUS_TACHY,,
 SBRAD,sinus bradycardia,,,1.0,,,Statements related to impulse formation (abnormalities),sinus bradycardia,22,MDC_ECG_RHY_SINUS_BRADY,,
 """
-# CODE-15% exams.csv label columns.
-_CODE15_LABEL = {"first_degree_av_block": "1dAVb", "right_bundle_branch_block": "RBBB",
-                 "left_bundle_branch_block": "LBBB", "sinus_bradycardia": "SB", "sinus_tachycardia": "ST",
-                 "atrial_fibrillation": "AF"}
-# CPSC 2018 classes (ECGBench's names, pulse_jax.ecg.snomed); no finding -> NORM.
-_CPSC_LABEL = {"atrial_fibrillation": "AF", "first_degree_av_block": "I-AVB", "left_bundle_branch_block": "LBBB",
-               "right_bundle_branch_block": "RBBB", "premature_atrial_complexes": "PAC",
-               "premature_ventricular_complexes": "PVC", "st_depression": "STD", "st_elevation": "STE"}
+# Labels through pulse_jax.ecg.findings: a finding's CODE-15% exams.csv column, and its CPSC 2018 class (the
+# first of its Challenge classes, when that is one of CPSC's; no class -> NORM).
+_CODE15_LABEL = {f.key: f.code15 for f in findings.FINDINGS if f.code15}
+_CPSC_LABEL = {f.key: f.snomed[0] for f in findings.FINDINGS
+               if f.snomed and f.snomed[0] in snomed.CPSC_LABELS and f.snomed[0] != "NORM"}
 _SNOMED_CODE = {c.abbreviation: c.codes[0] for c in snomed.SNOMED_CLASSES}
 
 # What each collection's labels can express; sample_spec draws only that, so no record carries a finding its
@@ -96,34 +85,35 @@ _TAXONOMY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 def ptbxl_scp_codes(spec: EcgSpec) -> dict[str, float]:
   """PTB-XL scp_codes of a spec: diagnostic statements at likelihood 100, form and rhythm statements at 0.
 
-  NORM is added when no diagnostic statement applies to a sinus rhythm (a sinus rate outside 60-100 bpm and
-  ectopic beats are rhythm and form statements, which PTB-XL combines with NORM); AF alone gets no diagnostic
-  statement, as in PTB-XL, so its superclass list is empty.
+  Each finding takes its statement (pulse_jax.ecg.findings.scp_code). Old Q-wave infarcts and acute ST elevation
+  both take the infarct statement of their wall (PTB-XL's MI class), ST depression the ischaemia statement of its
+  wall (STTC); ST elevation and depression add their form statements. NORM is added when no diagnostic
+  statement applies to a sinus rhythm (a sinus rate outside 60-100 bpm and ectopic beats are rhythm and form
+  statements, which PTB-XL combines with NORM); AF alone gets no diagnostic statement, as in PTB-XL, so its
+  superclass list is empty.
   """
   diagnostic: list[str] = []
   form: list[str] = []
   if spec.has("myocardial_infarction") or spec.has("st_elevation"):
-    diagnostic.append(_SCP_INFARCT[spec.territory])
+    diagnostic.append(findings.scp_code("myocardial_infarction", spec.territory))
   if spec.has("st_depression"):
-    diagnostic.append(_SCP_ISCHAEMIA[spec.territory])
+    diagnostic.append(findings.scp_code("myocardial_ischemia", spec.territory))
   for finding in spec.findings:
-    for code in _SCP_FINDING.get(finding, ()):
-      (form if code in ("PVC", "PAC") else diagnostic).append(code)
-  if spec.has("st_elevation"):
-    form.append("STE_")
-  if spec.has("st_depression"):
-    form.append("STD_")
+    if finding not in TERRITORIAL_FINDINGS:
+      code = findings.scp_code(finding)
+      (diagnostic if code in findings.SCP_DIAGNOSTIC else form).append(code)
+  form += [findings.scp_code(finding) for finding in ("st_elevation", "st_depression") if spec.has(finding)]
   if not diagnostic and spec.rhythm != "atrial_fibrillation":
     diagnostic.append("NORM")
   codes = {code: 100.0 for code in diagnostic}
-  codes.update({code: 0.0 for code in form + [_SCP_RHYTHM[spec.rhythm]]})
+  codes.update({code: 0.0 for code in form + [findings.scp_code(spec.rhythm)]})
   return codes
 
 
 def code15_labels(spec: EcgSpec) -> tuple[str, ...]:
   """The CODE-15% label columns set for a spec (rhythm classes included), in exams.csv column order."""
-  present = _CODE15_LABEL.keys() & {spec.rhythm, *spec.findings}
-  return tuple(label for key, label in _CODE15_LABEL.items() if key in present)
+  present = {_CODE15_LABEL[key] for key in (spec.rhythm, *spec.findings) if key in _CODE15_LABEL}
+  return tuple(label for label in CODE15_LABELS if label in present)
 
 
 def cpsc_labels(spec: EcgSpec) -> tuple[str, ...]:
@@ -154,11 +144,11 @@ def _draws(layout: str, n: int, seed: int) -> list[_Draw]:
   """n specs from the layout's taxonomy and an assignment to patients (a quarter are repeat visits, a few
   months to years older)."""
   rng = np.random.default_rng([seed, LAYOUTS.index(layout)])
-  rhythms, findings = _TAXONOMY[layout]
+  rhythms, drawable = _TAXONOMY[layout]
   patients: list[tuple[float, str]] = []
   draws = []
   for i in range(n):
-    spec = sample_spec(rng, rhythms=rhythms, findings=findings)
+    spec = sample_spec(rng, rhythms=rhythms, findings=drawable)
     if patients and rng.random() < _REPEAT_PATIENT:
       patient = int(rng.integers(len(patients)))
       age, sex = patients[patient]
@@ -365,7 +355,7 @@ def _write_code15(root: pathlib.Path, draws: list[_Draw], rng: np.random.Generat
       rows.append({
           "exam_id": int(exam_id), "age": int(draw.age), "is_male": draw.sex == "M",
           "nn_predicted_age": round(float(draw.age + rng.normal(0, 8)), 4),
-          **{label: label in labels for label in _CODE15_LABEL.values()},
+          **{label: label in labels for label in CODE15_LABELS},
           "patient_id": int(patient_ids[draw.patient]),
           "death": dies if draw.first_of_patient else None,
           "timey": round(float(rng.uniform(0.1, 8.0)), 4) if draw.first_of_patient else None,

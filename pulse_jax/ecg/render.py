@@ -8,10 +8,11 @@ Geometry is clinical paper as ecg-image-kit draws it: 25 mm/s, 10 mm/mV, 1 mm mi
 Speed matters (this is the hot path of a 1.16 M-image dataset), hence the structure: a sheet is two 8-bit layers,
 grid strength (a raster cached per geometry) and ink coverage (traces drawn at 2x and box-reduced, which
 anti-aliases them, then text), joined through a palette: index = grid level * ink levels + ink level. A standard
-sheet stays that palette image (15 colours: a 4-bit PNG of ~60 KB). An augmented sheet is rotated and blurred as
-its two layers, then converted to RGB once for whole-image Pillow effects; resolution, aspect and position jitter
-are applied while drawing (another px/mm and origin), so only rotation resamples. No per-pixel Python anywhere.
-Everything random comes from one numpy Generator seeded by `seed`: the same record and seed give the same bytes.
+sheet stays that palette image (15 colours: a 4-bit PNG of ~60 KB). An augmented sheet (pulse_jax.ecg.augment
+draws its plan and applies the effects) is rotated and blurred as its two layers, then converted to RGB once for
+whole-image Pillow effects; resolution, aspect and position jitter are applied while drawing (another px/mm and
+origin), so only rotation resamples. No per-pixel Python anywhere. Everything random comes from one numpy
+Generator seeded by `seed`: the same record and seed give the same bytes.
 """
 
 import argparse
@@ -22,15 +23,16 @@ import io
 import json
 import math
 import pathlib
-import statistics
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
+# Augmentation and PULSE_AUGMENTATION are also this module's API (render_page's `augmentation` argument).
+from pulse_jax.ecg.augment import PULSE_AUGMENTATION, Augmentation, Plan, photo_effects, sample_plan, scanned
 from pulse_jax.ecg.leads import STANDARD_LEADS
 from pulse_jax.ecg.record import EcgRecord
 from pulse_jax.errors import ImageError, RecordError
@@ -102,43 +104,6 @@ _MEASUREMENT_LINES = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Augmentation:
-  """Probabilities (`p_*`) and ranges of the augmented variant's effects.
-
-  Each effect is an independent draw from the render's one Generator; every parameter is drawn whether or not
-  its effect fires, so changing one probability does not reshuffle the others. PULSE names the effects
-  (rotation, noise, wrinkles and creases, background colour, resolution, aspect, position, layouts, grid removal
-  with p = 0.02, header meta-info) but not their rates; these rates are ours.
-  """
-  p_alt_layout: float = 0.3  # another of LAYOUTS
-  p_grid_colour: float = 0.25  # another grid colour
-  p_no_grid: float = 0.02  # PULSE's grid removal rate
-  p_header: float = 0.5  # print the caller's header
-  p_resolution: float = 0.5
-  resolution_scale: tuple[float, float] = (0.5, 1.0)  # x dpi
-  p_aspect: float = 0.3
-  aspect: tuple[float, float] = (0.85, 1.15)  # x stretch; y shrinks by the same factor
-  p_shift: float = 0.3
-  shift_mm: float = 6.0  # page position, each axis uniform in +-shift_mm
-  p_rotation: float = 0.5
-  rotation_deg: float = 5.0  # uniform in +-rotation_deg
-  p_wrinkles: float = 0.3
-  wrinkle_depth: tuple[float, float] = (4.0, 12.0)  # grey levels of the hard-light texture around neutral 128
-  p_creases: float = 0.3
-  creases: tuple[int, int] = (1, 4)
-  p_tint: float = 0.5  # yellowed paper or another colour temperature
-  p_blur: float = 0.2
-  blur_px: tuple[float, float] = (0.4, 1.2)  # Gaussian radius
-  p_noise: float = 0.3
-  noise_sigma: tuple[float, float] = (2.0, 8.0)  # grey levels
-  p_jpeg: float = 0.2
-  jpeg_quality: tuple[int, int] = (35, 85)
-
-
-PULSE_AUGMENTATION = Augmentation()
-
-
-@dataclasses.dataclass(frozen=True)
 class LeadPlacement:
   """Where one lead segment is printed, in output-image pixels (x right, y down; pixel i spans [i, i + 1)).
 
@@ -197,26 +162,6 @@ class RenderedEcg:
   encode) and RGB for an augmented one; `info` is its layout metadata."""
   image: Image.Image
   info: RenderInfo
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """Everything one sheet's drawing depends on besides the record: the request, or the request as augmented."""
-  layout: str
-  grid: str
-  dpi: float
-  aspect: float = 1.0
-  shift_mm: tuple[float, float] = (0.0, 0.0)
-  show_header: bool = False
-  font: str = "sans"
-  ink: RGB = (0, 0, 0)
-  tint: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel gain on every colour
-  blur_px: float = 0.0
-  wrinkle_depth: float = 0.0
-  creases: int = 0
-  rotation_deg: float = 0.0
-  noise_sigma: float = 0.0
-  jpeg_quality: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,12 +224,13 @@ def render_page(record: EcgRecord, *, layout: str = "3x4", augment: bool = False
     raise ValueError(f"unknown grid colour {grid!r}; expected one of {', '.join(GRID_COLOURS)}")
   if not dpi >= 10:
     raise ValueError(f"dpi {dpi} is too low for a readable sheet (at least 10)")
+  request = Plan(layout=layout, grid=grid, dpi=dpi, show_header=header is not None)
   if augment:
     plan_rng, texture_rng = np.random.default_rng(seed).spawn(2)
-    plan, effects = _sample_plan(plan_rng, augmentation, layout, grid, dpi, header is not None)
+    plan, effects = sample_plan(plan_rng, augmentation, request, layouts=tuple(LAYOUTS), grids=tuple(GRID_COLOURS),
+                                fonts=tuple(_FONT_FILES))
   else:
-    texture_rng, effects = None, {}
-    plan = _Plan(layout=layout, grid=grid, dpi=dpi, show_header=header is not None)
+    plan, texture_rng, effects = request, None, {}
 
   sheet = _sheet(plan)
   grid_top = _HEADER_BAND_MM if plan.show_header else _TOP_MARGIN_MM
@@ -302,10 +248,10 @@ def render_page(record: EcgRecord, *, layout: str = "3x4", augment: bool = False
     grid_index = _grid_index(sheet, grid_rect, levels) if has_grid else Image.new("L", ink.size, 0)
     image = _compose(grid_index, ink, plan, levels)
   else:  # the scanner's geometry acts on the layers before they are quantised: 2 L images cost less than 1 RGB
-    grid_index = (_scanned(_grid_strength(sheet, grid_rect), plan).point(_level_lut(*levels)) if has_grid
+    grid_index = (scanned(_grid_strength(sheet, grid_rect), plan).point(_level_lut(*levels)) if has_grid
                   else Image.new("L", ink.size, 0))
-    ink = _scanned(ink, plan).point(_level_lut(levels[1], 1))
-    image = _photo_effects(_compose(grid_index, ink, plan, levels).convert("RGB"), plan, texture_rng)
+    ink = scanned(ink, plan).point(_level_lut(levels[1], 1))
+    image = photo_effects(_compose(grid_index, ink, plan, levels).convert("RGB"), plan, texture_rng)
   placements = _placements(record, sheet, rows)
   if plan.rotation_deg:
     placements = [_rotated(p, plan.rotation_deg, image.size) for p in placements]
@@ -357,69 +303,7 @@ def encode(image: Image.Image, fmt: str = "png", *, jpeg_quality: int = 90) -> b
   return buffer.getvalue()
 
 
-def _sample_plan(rng: np.random.Generator, aug: Augmentation, layout: str, grid: str, dpi: float,
-                 has_header: bool) -> tuple[_Plan, dict[str, Any]]:
-  """Draws one augmented sheet's plan, and the effects that fired with their parameters (for the sidecar)."""
-  effects: dict[str, Any] = {}
-
-  def fires(name: str, p: float, value: Any, applies: bool = True) -> bool:
-    fired = bool(rng.random() < p) and applies  # drawn even where it cannot apply: a stable stream
-    if fired:
-      effects[name] = value
-    return fired
-
-  other_layouts = [name for name in LAYOUTS if name != layout]
-  alt_layout = other_layouts[rng.integers(len(other_layouts))]
-  layout = alt_layout if fires("layout", aug.p_alt_layout, alt_layout) else layout
-  colours = [name for name in GRID_COLOURS if name not in (grid, "none")]
-  alt_grid = colours[rng.integers(len(colours))]
-  if fires("grid", aug.p_grid_colour, alt_grid, applies=grid != "none"):
-    grid = alt_grid
-  if fires("no_grid", aug.p_no_grid, True):
-    grid = "none"
-  show_header = fires("header", aug.p_header, True, applies=has_header)
-
-  scale = float(rng.uniform(*aug.resolution_scale))
-  dpi_drawn = round(dpi * scale) if fires("dpi", aug.p_resolution, round(dpi * scale)) else dpi
-  aspect = float(rng.uniform(*aug.aspect))
-  aspect = aspect if fires("aspect", aug.p_aspect, aspect) else 1.0
-  shift = tuple(float(v) for v in rng.uniform(-aug.shift_mm, aug.shift_mm, size=2))
-  shift = shift if fires("shift_mm", aug.p_shift, shift) else (0.0, 0.0)
-  rotation = float(rng.uniform(-aug.rotation_deg, aug.rotation_deg))
-  rotation = rotation if fires("rotation_deg", aug.p_rotation, rotation) else 0.0
-
-  font = list(_FONT_FILES)[rng.integers(len(_FONT_FILES))]
-  ink = tuple(int(v) for v in np.clip(rng.integers(0, 60) + rng.integers(-10, 11, size=3), 0, 255))  # near-black
-  tint = _paper_tint(rng)
-  tint = tint if fires("tint", aug.p_tint, tint) else (1.0, 1.0, 1.0)
-  blur = float(rng.uniform(*aug.blur_px))
-  blur = blur if fires("blur_px", aug.p_blur, blur) else 0.0
-  depth = float(rng.uniform(*aug.wrinkle_depth))
-  depth = depth if fires("wrinkle_depth", aug.p_wrinkles, depth) else 0.0
-  creases = int(rng.integers(aug.creases[0], aug.creases[1] + 1))
-  creases = creases if fires("creases", aug.p_creases, creases) else 0
-  sigma = float(rng.uniform(*aug.noise_sigma))
-  sigma = sigma if fires("noise_sigma", aug.p_noise, sigma) else 0.0
-  quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
-  quality = quality if fires("jpeg_quality", aug.p_jpeg, quality) else None
-  return _Plan(layout=layout, grid=grid, dpi=dpi_drawn, aspect=aspect, shift_mm=shift, show_header=show_header,
-               font=font, ink=ink, tint=tint, blur_px=blur, wrinkle_depth=depth, creases=creases,
-               rotation_deg=rotation, noise_sigma=sigma, jpeg_quality=quality), effects
-
-
-def _paper_tint(rng: np.random.Generator) -> tuple[float, float, float]:
-  """Per-channel gains: yellowed paper (blue, then green, lose most) or a cool/warm colour temperature, times a
-  slight overall dimming."""
-  dim = rng.uniform(0.88, 1.0)
-  if rng.random() < 0.5:  # yellowing
-    gains = (1.0, rng.uniform(0.92, 0.99), rng.uniform(0.72, 0.92))
-  else:  # colour temperature: warm or cool by up to ~10 %
-    shift = rng.uniform(-0.1, 0.1)
-    gains = (1.0 + min(shift, 0.0), 1.0 - abs(shift) / 3, 1.0 - max(shift, 0.0))
-  return tuple(round(float(dim * g), 4) for g in gains)
-
-
-def _sheet(plan: _Plan) -> _Sheet:
+def _sheet(plan: Plan) -> _Sheet:
   px_per_mm = plan.dpi / MM_PER_INCH
   sx, sy = px_per_mm * plan.aspect, px_per_mm / plan.aspect
   return _Sheet(width=round(PAPER_MM[0] * sx), height=round(PAPER_MM[1] * sy), px_per_mm_x=sx, px_per_mm_y=sy,
@@ -597,7 +481,7 @@ def _level_lut(levels: int, stride: int) -> list[int]:
   return [round(v * (levels - 1) / 255) * stride for v in range(256)]
 
 
-def _compose(grid_index: Image.Image, ink_index: Image.Image, plan: _Plan, levels: tuple[int, int]) -> Image.Image:
+def _compose(grid_index: Image.Image, ink_index: Image.Image, plan: Plan, levels: tuple[int, int]) -> Image.Image:
   """The grid and ink index layers (grid level * ink levels, ink level) as one palette image.
 
   Palette entry (g, k) is the grid colour at strength g (paper -> minor -> major, piecewise linear) blended
@@ -614,75 +498,6 @@ def _compose(grid_index: Image.Image, ink_index: Image.Image, plan: _Plan, level
   rgb = (grid_rgb[:, None, :] * (1 - coverage) + np.asarray(plan.ink) * coverage) * np.asarray(plan.tint)
   index.putpalette(np.round(rgb).clip(0, 255).astype(np.uint8).tobytes())
   return index
-
-
-def _scanned(layer: Image.Image, plan: _Plan) -> Image.Image:
-  """A 0..255 layer as the scanner sees it: rotated about the centre on the bed (bilinear; the uncovered corners
-  are 0, so they take the paper colour), then defocused (Gaussian blur)."""
-  if plan.rotation_deg:
-    layer = layer.rotate(plan.rotation_deg, resample=Image.Resampling.BILINEAR)
-  if plan.blur_px:
-    layer = layer.filter(ImageFilter.GaussianBlur(plan.blur_px))
-  return layer
-
-
-def _photo_effects(image: Image.Image, plan: _Plan, rng: np.random.Generator) -> Image.Image:
-  """Paper and sensor effects on an RGB sheet: wrinkles and creases, sensor noise, JPEG compression."""
-  if plan.wrinkle_depth or plan.creases:
-    texture = _paper_texture(rng, image.size, plan.wrinkle_depth, plan.creases)
-    image = ImageChops.hard_light(image, Image.merge("RGB", (texture,) * 3))
-  if plan.noise_sigma:
-    noise = _gaussian_noise(rng, image.size, plan.noise_sigma)
-    image = ImageChops.add(image, Image.merge("RGB", (noise,) * 3), scale=1.0, offset=-128)
-  if plan.jpeg_quality is not None:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=plan.jpeg_quality)
-    image = Image.open(buffer).convert("RGB")
-  return image
-
-
-def _paper_texture(rng: np.random.Generator, size: tuple[int, int], depth: float, creases: int) -> Image.Image:
-  """L texture for a hard-light blend, 128 neutral: crumpled-paper shading plus fold lines.
-
-  Built at quarter resolution and upscaled (both are smooth): wrinkles are three octaves of noise folded at their
-  zero crossings (|tanh(1.5 n)|: thin dark valleys between broad facets, as crumpled paper shades); creases are a
-  dark line beside a bright one (a fold's shadow and highlight), blurred, mostly along the page axes.
-  """
-  w, h = max(8, size[0] // 4), max(8, size[1] // 4)
-  field = np.zeros((h, w), np.float32)
-  if depth:
-    for cells, weight in ((4, 1.0), (10, 0.6), (24, 0.35)):
-      coarse = rng.standard_normal((cells * h // w + 2, cells + 2)).astype(np.float32)
-      octave = np.asarray(Image.fromarray(coarse, "F").resize((w, h), Image.Resampling.BICUBIC))
-      field += weight * (2.0 * np.abs(np.tanh(1.5 * octave)) - 1.0)
-    field *= depth / max(float(field.std()), 1e-6)
-  fold = Image.new("L", (w, h), 128)
-  draw = ImageDraw.Draw(fold)
-  for _ in range(creases):
-    vertical = rng.random() < 0.5
-    angle = math.radians(rng.uniform(-8, 8) + (90 if vertical else 0))
-    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
-    dx, dy, reach = math.cos(angle), math.sin(angle), w + h
-    strength = rng.uniform(25, 60)
-    for offset, value in ((-1.0, -strength), (1.0, 0.6 * strength)):
-      ox, oy = -dy * offset, dx * offset
-      draw.line([(cx - dx * reach + ox, cy - dy * reach + oy), (cx + dx * reach + ox, cy + dy * reach + oy)],
-                fill=round(128 + value), width=1)
-  field += np.asarray(fold.filter(ImageFilter.GaussianBlur(0.8)), np.float32) - 128.0
-  small = Image.fromarray((128.0 + field).clip(0, 255).astype(np.uint8))
-  return small.resize(size, Image.Resampling.BILINEAR)
-
-
-@functools.lru_cache(maxsize=16)
-def _normal_lut(sigma: float) -> list[int]:
-  """Maps a uniform byte to 128 + sigma * z through the normal quantile: Gaussian noise at memcpy speed."""
-  normal = statistics.NormalDist()
-  return [min(255, max(0, round(128 + sigma * normal.inv_cdf((v + 0.5) / 256)))) for v in range(256)]
-
-
-def _gaussian_noise(rng: np.random.Generator, size: tuple[int, int], sigma: float) -> Image.Image:
-  """L image of Gaussian noise around 128 (grey levels), from rng's bytes."""
-  return Image.frombytes("L", size, rng.bytes(size[0] * size[1])).point(_normal_lut(round(sigma, 2)))
 
 
 def _rotated(placement: LeadPlacement, angle_deg: float, size: tuple[int, int]) -> LeadPlacement:
