@@ -16,6 +16,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pulse_jax.ecg.corpus", "write a synthetic ECG corpus in a real collection's on-disk layout"),
     "render": ("pulse_jax.ecg.render", "render one record as a paper-ECG image"),
     "train-tokenizer": ("pulse_jax.data.tokenizer", "train a small LLaMA-style SentencePiece tokenizer on text"),
+    "build-data": ("pulse_jax.data.build", "build ECGInstruct / ECGBench (TFDS array_record) from a config"),
+    "train": ("pulse_jax.train", "train or resume PULSE on a device mesh (CPU, GPUs, TPU pod) from a config"),
+    "plan": ("pulse_jax.plan", "will a config fit on a TPU slice, and how fast: ahead-of-time compile via libtpu"),
+    "eval": ("pulse_jax.evaluate", "generate and score ECGBench answers (resumable), write the report"),
+    "chat": ("pulse_jax.chat", "answer one question about one ECG image, streaming the answer"),
+    "convert": ("pulse_jax.convert.cli", "checkpoints to/from Hugging Face LLaVA-NeXT and the original LLaVA format"),
     "demo": ("pulse_jax.demo", "the whole path on the embedded synthetic corpus, on CPU"),
 }
 

@@ -41,3 +41,7 @@ class DataError(PulseError):
 class JudgeError(PulseError):
   """The LLM judge's endpoint cannot be used: unreachable or failing after all retries, refusing the request
   (HTTP 4xx), or replying with something that is not a chat completion."""
+
+
+class CheckpointError(PulseError):
+  """A training checkpoint cannot be used: it does not fit the model or run, or none is readable."""

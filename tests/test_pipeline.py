@@ -1,0 +1,215 @@
+"""The grain pipeline: batch contract, exact resume, mixture weights, skipped bad examples, global arrays."""
+
+import collections
+import contextlib
+import dataclasses
+import io
+import json
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from data_builders.ecg_instruct.ecg_instruct_dataset_builder import Builder as InstructBuilder
+from pulse_jax import parallel
+from pulse_jax.config import load_config, model_config
+from pulse_jax.data import pipeline, released
+from pulse_jax.data.builder import EcgBuilderConfig
+from pulse_jax.data.conversation import encode_conversation
+from pulse_jax.data.examples import conversations_of, decode_text
+from pulse_jax.data.image_processor import ImageProcessorConfig, load_image, preprocess
+from pulse_jax.data.tokenizer import Tokenizer, train_tokenizer
+from pulse_jax.errors import ConfigError
+from pulse_jax.models.llava import feature_layout, num_image_tokens
+
+tfds.disable_progress_bar()
+
+SYNTHETIC = EcgBuilderConfig(name="synthetic_pipeline", origin="synthetic", dpi=40.0, synthetic_records=12,
+                             validation_fraction=0.15, code15_test_fraction=0.25)
+SEQ_LEN, BUCKETS = 768, (512, 640)
+SPLITS = ("ptbxl", "mimic", "code15")
+
+
+def build(config, data_dir, manual_dir=None):
+  builder = InstructBuilder(config=config, data_dir=str(data_dir), file_format="array_record")
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir and str(manual_dir)))
+  return builder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """(data section, model config, {split: examples by id}) over a tiny synthetic ECGInstruct and its tokenizer."""
+  data_dir = tmp_path_factory.mktemp("tfds")
+  builder = build(SYNTHETIC, data_dir)
+  examples = {split: {decode_text(source[i]["id"]): source[i] for i in range(len(source))}
+              for split, source in builder.as_data_source().items()}
+  texts = [turn["value"].replace("<image>", "") for split in examples.values() for example in split.values()
+           for turn in conversations_of(example)]
+  tokenizer = Tokenizer(train_tokenizer(texts, data_dir / "tokenizer", 600))
+  config = model_config(load_config("configs/tiny.py").model)
+  config = config.replace(text=dataclasses.replace(config.text, vocab_size=tokenizer.vocab_size),
+                          image_token_id=tokenizer.image_token_id)
+  data = dict(builder="ecg_instruct/synthetic_pipeline", data_dir=str(data_dir), tokenizer=str(tokenizer.path),
+              mixture=dict(ptbxl=1.0, mimic=1.0, code15=1.0), eval_split="validation", seq_len=SEQ_LEN,
+              buckets=BUCKETS, workers=0, seed=0)
+  return data, config, examples
+
+
+def take(batches: pipeline.Batches, n: int) -> list[dict]:
+  return [next(batches.iterator) for _ in range(n)]
+
+
+def test_batches_meet_the_contract(setup):
+  data, config, examples = setup
+  batches = pipeline.batches(data, config, split="train", batch_size=4, seed=0)
+  assert batches.epoch_size == sum(len(examples[split]) for split in SPLITS)
+  tokenizer = Tokenizer(data["tokenizer"])
+  by_hash = {pipeline.example_hash(i): e for split in SPLITS for i, e in examples[split].items()}
+  image_config = ImageProcessorConfig(tile_size=config.vision.image_size, grid_pinpoints=config.grid_pinpoints)
+  lengths = set()
+  for batch in take(batches, 3):
+    t = batch["input_ids"].shape[1]
+    lengths.add(t)
+    assert t in pipeline.bucket_lengths(SEQ_LEN, BUCKETS)
+    assert batch["input_ids"].dtype == np.int32 and batch["attention_mask"].dtype == bool
+    assert batch["pixel_values"].shape == (4, config.max_views, 3, 112, 112)
+    assert batch["pixel_values"].dtype == np.float32 and batch["layout"].dtype == np.int32
+    np.testing.assert_array_equal(batch["layout"], feature_layout(batch["image_sizes"], config))
+    for row in range(4):
+      n = int(batch["attention_mask"][row].sum())
+      assert batch["attention_mask"][row, :n].all() and (batch["input_ids"][row, n:] == tokenizer.pad_id).all()
+      assert not (batch["loss_mask"][row] & ~batch["attention_mask"][row]).any()
+      # Golden: the row is the example's conversation encoded for its image, and its anyres views.
+      example = by_hash[int(batch["example_id"][row])]
+      image = preprocess(load_image(example["image"]), image_config)
+      assert tuple(batch["image_sizes"][row]) == image.image_size
+      encoded = encode_conversation(conversations_of(example), tokenizer,
+                                    num_image_tokens=num_image_tokens(image.image_size, config),
+                                    max_length=SEQ_LEN, record_id="x")
+      np.testing.assert_array_equal(batch["input_ids"][row, :n], encoded.input_ids)
+      np.testing.assert_array_equal(batch["loss_mask"][row, :n], encoded.loss_mask)
+      views = len(image.pixel_values)
+      np.testing.assert_array_equal(batch["pixel_values"][row, :views], image.pixel_values)
+      assert not batch["pixel_values"][row, views:].any()
+  assert len(lengths) > 1  # batches are padded to different buckets, not all to seq_len
+
+
+def test_pad_tokens_extends_the_padding():
+  batch = {"input_ids": np.array([[5, 6, 7]], np.int32), "attention_mask": np.array([[True, True, False]]),
+           "loss_mask": np.array([[False, True, False]]), "layout": np.zeros((1, 4), np.int32)}
+  padded = pipeline.pad_tokens(batch, 5, pad_id=0)
+  np.testing.assert_array_equal(padded["input_ids"], [[5, 6, 7, 0, 0]])
+  np.testing.assert_array_equal(padded["attention_mask"], [[True, True, False, False, False]])
+  np.testing.assert_array_equal(padded["loss_mask"], [[False, True, False, False, False]])
+  assert padded["layout"] is batch["layout"]
+  assert pipeline.agree_on_length(batch, pad_id=0)["input_ids"] is batch["input_ids"]  # one process: as is
+
+
+def test_resumes_at_the_same_batch(setup, tmp_path):
+  data, config, _ = setup
+  first = pipeline.batches(data, config, split="train", batch_size=4, seed=3)
+  take(first, 2)
+  state = first.iterator.get_state()
+  expected = take(first, 2)
+
+  resumed = pipeline.batches(data, config, split="train", batch_size=4, seed=3)
+  resumed.iterator.set_state(state)
+  for got, want in zip(take(resumed, 2), expected):
+    for name in want:
+      np.testing.assert_array_equal(got[name], want[name])
+
+  # The same through Orbax, as pulse_jax.checkpoint saves it next to the train state.
+  manager = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
+  replay = pipeline.batches(data, config, split="train", batch_size=4, seed=3)
+  take(replay, 2)
+  manager.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(replay.iterator)))
+  manager.wait_until_finished()
+  restored = pipeline.batches(data, config, split="train", batch_size=4, seed=3)
+  manager.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored.iterator)))
+  manager.close()
+  assert [b["example_id"].tolist() for b in take(restored, 2)] == [b["example_id"].tolist() for b in expected]
+
+
+def test_mixture_weights_hold(setup):
+  data, _, examples = setup
+  split_of = {pipeline.example_hash(i): split for split in SPLITS for i in examples[split]}
+  weights = pipeline.mixture_weights(dict(data, mixture=dict(ptbxl=1.0, mimic=0.0, code15=3.0)))
+  assert weights == {"ptbxl": 1.0, "code15": 3.0}
+  stream = pipeline.mixed_examples(data, weights, seed=0, process_index=0, process_count=1)
+  drawn = collections.Counter(split_of[pipeline.example_hash(decode_text(stream[i]["id"]))] for i in range(400))
+  n_ptbxl, n_code15 = len(examples["ptbxl"]), len(examples["code15"])
+  expected = n_ptbxl / (n_ptbxl + 3 * n_code15)
+  assert set(drawn) == {"ptbxl", "code15"}
+  assert abs(drawn["ptbxl"] / 400 - expected) < 0.03
+
+
+def test_processes_read_disjoint_shares(setup):
+  data, _, _ = setup
+  weights = {"ptbxl": 1.0}
+  shares = [pipeline.mixed_examples(data, weights, seed=None, process_index=p, process_count=2) for p in (0, 1)]
+  ids = [{decode_text(share[i]["id"]) for i in range(len(setup[2]["ptbxl"]) // 2)} for share in shares]
+  assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 2 * (len(setup[2]["ptbxl"]) // 2)
+
+
+def test_global_arrays_on_the_mesh(setup):
+  data, config, _ = setup
+  local = next(pipeline.batches(data, config, split="eval", batch_size=8, seed=None).iterator)
+  mesh = parallel.make_mesh((1, -1, 1))
+  batch = parallel.global_batch({name: v for name, v in local.items() if name != "example_id"}, mesh)
+  assert set(batch) == {"input_ids", "attention_mask", "loss_mask", "pixel_values", "layout", "image_sizes"}
+  for name, array in batch.items():
+    assert isinstance(array, jax.Array) and array.shape == local[name].shape
+    assert array.sharding.spec[0] == ("data", "fsdp")
+    np.testing.assert_array_equal(np.asarray(array), local[name])
+
+
+def test_worker_processes_give_the_same_batches(setup):
+  data, config, _ = setup
+  in_process = take(pipeline.batches(data, config, split="train", batch_size=2, seed=1), 2)
+  workers = pipeline.batches(dict(data, workers=1), config, split="train", batch_size=2, seed=1)
+  try:
+    assert [b["example_id"].tolist() for b in take(workers, 2)] == [b["example_id"].tolist() for b in in_process]
+  finally:
+    workers.iterator.close()
+
+
+def test_malformed_conversations_are_skipped_and_counted(setup, tmp_path):
+  data, config, _ = setup
+  manual = tmp_path / "manual"
+  (manual / "img").mkdir(parents=True)
+  Image.new("RGB", (440, 340), "white").save(manual / "img" / "ecg.png")
+  good = [{"from": "human", "value": "<image>\nIs this ECG normal?"}, {"from": "gpt", "value": "Yes."}]
+  records = {
+      "good-1": good, "good-2": good,
+      "no-image": [{"from": "human", "value": "Is this ECG normal?"}, {"from": "gpt", "value": "Yes."}],
+      "out-of-order": [{"from": "gpt", "value": "<image>\nYes."}, {"from": "human", "value": "Normal?"}],
+      "empty-answer": [{"from": "human", "value": "<image>\nIs this ECG normal?"}, {"from": "gpt", "value": " "}],
+  }
+  (manual / released.INSTRUCT_FILE).write_text(json.dumps([
+      {"id": name, "image": "img/ecg.png", "conversations": turns, "metadata": {"source": "PTB-XL"}}
+      for name, turns in records.items()]))
+  build("released", tmp_path / "tfds", manual)
+  batches = pipeline.batches(dict(data, builder="ecg_instruct/released", data_dir=str(tmp_path / "tfds"),
+                                  mixture={"ptbxl": 1.0}), config, split="train", batch_size=2, seed=None)
+  drawn = {i for batch in take(batches, 2) for i in batch["example_id"].tolist()}  # two passes over the file
+  assert drawn == {pipeline.example_hash(i) for i in ("good-1", "good-2")}
+  skipped = batches.preprocess.skipped
+  assert {reason: set(ids) for reason, ids in skipped.examples.items()} == {
+      "missing image token": {"no-image"}, "roles out of order": {"out-of-order"}, "empty answer": {"empty-answer"}}
+
+
+def test_configuration_errors_name_the_problem(setup):
+  data, config, _ = setup
+  with pytest.raises(ConfigError, match="'nope'"):
+    pipeline.batches(dict(data, mixture={"nope": 1.0}), config, split="train", batch_size=2, seed=0)
+  with pytest.raises(ConfigError, match="image_token_id"):
+    pipeline.batches(data, config.replace(image_token_id=config.image_token_id + 1), split="train", batch_size=2,
+                     seed=0)
+  with pytest.raises(ConfigError, match="weights"):
+    pipeline.mixture_weights(dict(data, mixture={"ptbxl": 0.0}))

@@ -1,0 +1,97 @@
+"""`pulse-jax plan`: topology names, the scanned-layer FLOPs correction, and an ahead-of-time compile of the
+tiny config's train step for a small TPU slice through libtpu (skipped when libtpu is not installed)."""
+
+import pathlib
+
+import jax
+import pytest
+
+from pulse_jax import cli, flops, parallel, plan
+from pulse_jax.config import apply_overrides, load_config, model_config
+from pulse_jax.errors import ConfigError
+
+TINY = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
+
+
+@pytest.mark.parametrize("spec, generation, grid", [
+    ("v5p-8", "v5p", (2, 2, 1)), ("v5p-64", "v5p", (2, 4, 4)), ("v5p-128", "v5p", (4, 4, 4)),
+    ("v5p-256", "v5p", (4, 4, 8)), ("v4-64", "v4", (2, 4, 4)), ("v4-32", "v4", (2, 2, 4)),
+    ("v5e-8", "v5e", (2, 4)), ("v5e-256", "v5e", (16, 16)), ("v5e-32", "v5e", (4, 8)), ("v6e-256", "v6e", (16, 16)),
+    ("v5p:2x4x4", "v5p", (2, 4, 4)), ("v5e:2x2", "v5e", (2, 2)),
+])
+def test_slice_names_map_to_google_topologies(spec, generation, grid):
+  assert plan.resolve_topology(spec) == (plan.GENERATIONS[generation], grid)
+
+
+@pytest.mark.parametrize("spec", ["v3-8", "v5p-63", "v5p-12", "v5e:2x2x2", "v5p:2x4", "v5p:0x2x2", "v5p"])
+def test_unknown_topologies_are_refused(spec):
+  with pytest.raises(ConfigError, match="topology|slices"):
+    plan.resolve_topology(spec)
+
+
+@pytest.mark.parametrize("topology, device_kind", [
+    ("v4:2x2x1", "TPU v4"), ("v5p:2x2x1", "TPU v5"), ("v5e:2x2", "TPU v5 lite"), ("v6e:2x2", "TPU v6 lite")])
+def test_libtpu_describes_one_device_per_chip(topology, device_kind):
+  pytest.importorskip("libtpu")
+  devices = plan.tpu_devices(*plan.resolve_topology(topology), num_slices=1)
+  assert len(devices) == 4 and {d.device_kind for d in devices} == {device_kind}
+  assert flops.peak_flops(device_kind) is not None
+
+
+def test_cli_reports_a_bad_topology_in_one_line(capsys):
+  assert cli.main(["plan", "--config", TINY, "--topology", "v3-8", "--config.train.global_batch=16"]) == 1
+  assert "unknown TPU topology 'v3-8'" in capsys.readouterr().err
+
+
+def test_scanned_layers_are_counted_every_time_they_run():
+  """Decoder layers, vision layers and micro-batches are loops, whose bodies XLA's cost analysis (on CPU as on
+  TPU) counts once: the corrected count matches the analytic model FLOPs; the raw one falls far short."""
+  config = apply_overrides(load_config(TINY), ["model.text.num_layers=2", "train.global_batch=2",
+                                               "train.grad_accum_steps=2"])
+  model = model_config(config.model)
+  assert model.text.num_layers > 1 and model.vision.layers_needed > 1  # all three loops are exercised
+  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])  # one device compiles fastest
+  compiled = plan.compile_train_step(config, mesh, total_steps=100)
+  raw = float(compiled.cost_analysis()["flops"]) * mesh.size
+  corrected = plan.xla_step_flops(config, mesh, 100, compiled)
+  analytic = flops.train_step_flops(model, batch=config.train.global_batch, seq_len=config.data.seq_len)
+  assert raw < 0.4 * analytic  # one of two micro-batches, each missing a decoder and a vision layer
+  assert 0.85 < corrected / analytic < 1.3  # XLA also counts softmax, norms, the loss and the optimizer
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+  pytest.importorskip("libtpu")
+  # One decoder layer and one vision layer: no scan loop left, so make_plan compiles exactly once.
+  config = apply_overrides(load_config(TINY), ["model.text.num_layers=1", "model.vision.feature_layer=-3"])
+  return plan.make_plan(config, "v5p-8", examples=800, mfu=0.5)
+
+
+def test_plan_compiles_tiny_for_a_tpu_slice(tiny_plan):
+  p = tiny_plan
+  assert (p.topology, p.chips, p.device_kind, p.mesh_shape) == ("v5p:2x2x1", 4, "TPU v5",
+                                                               {"data": 1, "fsdp": 4, "tensor": 1})
+  assert p.memory["arguments"] > 0 and p.memory["temporaries"] > 0 and p.memory["program"] > 0
+  assert 0 < p.bytes_per_chip < p.hbm_bytes == 95 * plan.GIB and p.fits
+  assert 0.85 < p.xla_flops / p.model_flops < 1.3
+  assert 0.5 < p.xla_flops / p.six_n_tokens < 3
+  assert p.total_steps == 3 * (800 // 8)
+  assert p.step_seconds == pytest.approx(p.model_flops / (4 * 459e12 * 0.5))
+
+
+def test_plan_report(tiny_plan):
+  report = plan.format_plan(tiny_plan, "tiny on v5p-8")
+  assert report.startswith("tiny on v5p-8: v5p:2x2x1, 4 chips (TPU v5), mesh data=1 fsdp=4 tensor=1")
+  assert "of 95 GiB HBM: fits" in report and "XLA cost analysis" in report
+  assert "300 steps (3 epochs of 800 examples)" in report and "assumed MFU of 50%" in report
+
+
+def test_cli_reports_a_step_too_large_for_hbm(capsys):
+  pytest.importorskip("libtpu")
+  # A 16.8M-token vocabulary: its logits alone need far more than a v5e chip's 16 GiB.
+  status = cli.main(["plan", "--config", TINY, "--topology", "v5e-4", "--config.model.text.num_layers=1",
+                     "--config.model.vision.feature_layer=-3", f"--config.model.text.vocab_size={2**24}"])
+  report = capsys.readouterr().out
+  assert status == 1
+  assert "refused by XLA (too large for HBM)" in report and "does NOT fit in 16 GiB HBM: RESOURCE_EXHAUSTED" in report
+  assert "one step" in report  # the time estimate does not need the compiled program

@@ -1,0 +1,219 @@
+"""The train step on every mesh, the loss definition, frozen parameters, the schedule, meshes and rules."""
+
+import argparse
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+from flax import nnx
+
+from pulse_jax import flops, parallel, train
+from pulse_jax.config import model_config
+from pulse_jax.data import standin
+from pulse_jax.errors import ConfigError
+from pulse_jax.models import PulseModel, num_image_tokens
+from tests.train_helpers import first_batches, small_config, small_train_step
+
+# (mesh shape, rule preset, gradient-accumulation micro-batches); the first is the one-device reference.
+MESHES = (((1, 1, 1), "fsdp", 1), ((8, 1, 1), "fsdp_tensor", 1), ((1, 8, 1), "fsdp", 1),
+          ((2, 2, 2), "fsdp_tensor", 2))
+
+
+@pytest.fixture(scope="module")
+def small():
+  """The small config (4 steps of global batch 8) and its 4 batches."""
+  config = small_config()
+  return config, first_batches(config, config.train.steps)
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _model(config) -> PulseModel:
+  """The config's model, abstract (shapes and logical axes only)."""
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: PulseModel(model_config(config.model), rngs=nnx.Rngs(0)))
+
+
+@pytest.fixture(scope="module")
+def runs(small):
+  """mesh shape -> (losses of 4 steps, initial state, final state, metrics), all from the same initial state."""
+  config, batches = small
+  initial = None
+  results = {}
+  for shape, rules, accum in MESHES:
+    step_fns = small_train_step(config, shape, rules, accum)
+    mesh = step_fns.abstract_batch["input_ids"].sharding.mesh
+    if initial is None:
+      initial = jax.device_get(step_fns.init(jnp.int32(config.train.seed)))
+    state = jax.device_put(initial, step_fns.state_shardings)
+    metrics = []
+    for batch in batches:
+      state, m = step_fns.step(state, parallel.global_batch({k: batch[k] for k in train.STEP_INPUTS}, mesh))
+      metrics.append(jax.device_get(m))
+    results[shape] = ([float(m["loss"]) for m in metrics], initial, jax.device_get(state), metrics)
+  return results
+
+
+@pytest.mark.parametrize("shape", [m[0] for m in MESHES[1:]], ids=str)
+def test_same_losses_and_parameters_on_every_mesh(runs, shape):
+  """FSDP, data parallel, and FSDP x tensor with 2 accumulated micro-batches all match one device."""
+  losses, _, final, _ = runs[shape]
+  reference_losses, _, reference, _ = runs[(1, 1, 1)]
+  np.testing.assert_allclose(losses, reference_losses, atol=1e-5, rtol=0)
+  assert losses[-1] < losses[0]  # it learns
+  want = _flat(reference["params"])
+  for name, value in _flat(final["params"]).items():
+    # Adam divides by the gradient's running RMS, so a near-zero gradient summed in another order can move its
+    # weight by a fraction of lr (1e-3 here): 1e-5 is 1% of one step.
+    np.testing.assert_allclose(value, want[name], atol=1e-5, rtol=0, err_msg=name)
+  assert int(final["step"]) == 4
+
+
+def test_loss_is_the_mean_over_loss_tokens_of_the_global_batch(runs, small):
+  """Step 1's loss equals a numpy cross-entropy of logits[:, t - 1] vs input_ids[:, t] over loss_mask[:, t]."""
+  config, batches = small
+  _, initial, _, metrics = runs[(1, 1, 1)]
+  model = nnx.merge(nnx.graphdef(_model(config)), initial["params"])
+  batch = batches[0]
+  logits = np.asarray(jax.jit(lambda m, b: m(b["input_ids"], b["pixel_values"], attention_mask=b["attention_mask"],
+                                              layout=b["layout"]))(model, batch), np.float64)
+  log_probs = scipy.special.log_softmax(logits, axis=-1)
+  target_log_probs = np.take_along_axis(log_probs[:, :-1], batch["input_ids"][:, 1:, None], -1)[..., 0]
+  mask = batch["loss_mask"][:, 1:]
+  np.testing.assert_allclose(float(metrics[0]["loss"]), -(target_log_probs * mask).sum() / mask.sum(), rtol=1e-5)
+  assert int(metrics[0]["tokens"]) == int(batch["attention_mask"].sum())
+  assert float(metrics[0]["learning_rate"]) == 0.0  # transformers' schedule: the first update uses lr 0
+  assert float(metrics[1]["learning_rate"]) == pytest.approx(config.train.learning_rate)
+
+
+def test_frozen_vision_tower_is_bit_identical_and_has_no_optimizer_state(runs):
+  for shape, _, _ in MESHES:
+    _, initial, final, _ = runs[shape]
+    before, after = _flat(initial["params"]), _flat(final["params"])
+    tower = [name for name in before if name.startswith("['vision_tower']")]
+    assert tower
+    for name in tower:
+      np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    trained = [name for name in before if not name.startswith("['vision_tower']")]
+    assert all(not np.array_equal(after[n], before[n]) for n in trained if "projector" in n or "lm_head" in n)
+    opt_paths = list(_flat(final["opt_state"]))
+    assert opt_paths and not any("vision_tower" in p for p in opt_paths)
+    assert any("multi_modal_projector" in p for p in opt_paths) and any("embed_tokens" in p for p in opt_paths)
+
+
+def test_learning_rate_schedule_is_transformers_cosine_with_warmup():
+  config = small_config().train
+  total, peak = 100, config.learning_rate
+  schedule = train.learning_rate_schedule(config, total)
+  warmup = math.ceil(0.03 * total)
+  for step in range(total + 1):
+    if step < warmup:
+      want = peak * step / warmup
+    else:
+      want = peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    assert float(schedule(step)) == pytest.approx(want, abs=1e-9), step
+
+
+def test_trainable_filter_matches_paths():
+  config = small_config()
+  abstract = _model(config)
+  trained = nnx.state(abstract, train.trainable_filter(r"^vision_tower/"))
+  paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(trained)]
+  assert not any(p.startswith("vision_tower") for p in paths)
+  assert any(p.startswith("multi_modal_projector") for p in paths)
+  assert "language_model/lm_head/kernel" in paths and "language_model/model/embed_tokens/embedding" in paths
+  everything = nnx.state(abstract, train.trainable_filter(""))
+  assert len(nnx.to_flat_state(everything)) == len(nnx.to_flat_state(nnx.state(abstract)))
+
+
+def test_standin_examples_follow_the_batch_contract():
+  config = model_config(small_config().model)
+  for index in range(8):
+    ex = standin.standin_example(index, config=config, seq_len=48, seed=0)
+    again = standin.standin_example(index, config=config, seq_len=48, seed=0)
+    for name in ex:
+      np.testing.assert_array_equal(ex[name], again[name])
+    length = int(ex["attention_mask"].sum())
+    assert ex["attention_mask"][:length].all() and not ex["input_ids"][length:].any()
+    assert ex["input_ids"][0] == 1 and ex["input_ids"][length - 1] == 2  # <s> ... </s>
+    masked = np.flatnonzero(ex["loss_mask"])
+    assert masked[-1] == length - 1 and np.array_equal(masked, np.arange(masked[0], length))
+    placeholders = int((ex["input_ids"] == config.image_token_id).sum())
+    assert not ex["loss_mask"][ex["input_ids"] == config.image_token_id].any()
+    if index % 4 == 3:
+      assert placeholders == 0 and not ex["pixel_values"].any() and tuple(ex["image_sizes"]) == (0, 0)
+    else:
+      assert placeholders == num_image_tokens(tuple(ex["image_sizes"]), config)
+  with pytest.raises(ConfigError, match="data.seq_len"):
+    standin.standin_example(0, config=config, seq_len=8, seed=0)
+
+
+def test_mesh_from_config_and_rules():
+  mesh = parallel.mesh_from_config({"ici": (1, -1, 2), "dcn": (1, 1, 1)})
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  for bad in ((3, -1, 1), (-1, -1, 1), (1, 2)):
+    with pytest.raises(ConfigError):
+      parallel.make_mesh(bad)
+  assert all(target != "tensor" for _, target in parallel.logical_rules("fsdp"))
+  assert parallel.logical_rules("fsdp_tensor") == parallel.RULES
+  assert parallel.logical_rules([["embed", "fsdp"], ["batch", ["data", "fsdp"]]]) == (
+      ("embed", "fsdp"), ("batch", ("data", "fsdp")))
+  with pytest.raises(ConfigError, match="preset"):
+    parallel.logical_rules("zero3")
+  with pytest.raises(ConfigError, match="not a mesh axis"):
+    parallel.logical_rules([["embed", "model"]])
+  rules = parallel.RULES
+  # A vocabulary of 1025 cannot split over tensor = 2: that axis is replicated instead of failing.
+  assert parallel.mesh_spec(("embed", "vocab"), (64, 1025), mesh, rules) == jax.P("fsdp", None)
+  assert parallel.mesh_spec(("embed", "vocab"), (64, 1024), mesh, rules) == jax.P("fsdp", "tensor")
+  assert parallel.mesh_spec(("layers", "embed", "mlp"), (2, 64, 128), mesh, rules) == jax.P(None, "fsdp", "tensor")
+
+
+def test_global_batch_and_config_checks(small):
+  config, batches = small
+  mesh = parallel.make_mesh((2, 2, 2))
+  batch = parallel.global_batch({"input_ids": batches[0]["input_ids"]}, mesh)["input_ids"]
+  assert batch.shape == batches[0]["input_ids"].shape
+  assert batch.sharding.spec == jax.P(("data", "fsdp"), None)
+  np.testing.assert_array_equal(np.asarray(batch), batches[0]["input_ids"])
+  with pytest.raises(ConfigError, match="global_batch 8 must be a multiple"):
+    small_train_step(config, (1, 8, 1), accum_steps=2)
+
+
+def test_command_line_collects_config_overrides():
+  parser = argparse.ArgumentParser()
+  train.add_arguments(parser)
+  args = parser.parse_args(["--config", "configs/tiny.py", "--workdir", "w", "--config.train.steps=3",
+                            "--config.mesh.ici=(1,2,1)"])
+  assert (args.config, args.workdir) == ("configs/tiny.py", "w")
+  assert args.overrides == ["--config.train.steps=3", "--config.mesh.ici=(1,2,1)"]
+  with pytest.raises(SystemExit):
+    parser.parse_args(["--config", "c", "--workdir", "w", "--bogus"])
+
+
+def test_flops_count_every_matmul_weight_of_the_model():
+  """pulse_jax.flops against the model's own kernels: 2 FLOPs per weight per token (per view for the tower)."""
+  config = small_config()
+  pulse = model_config(config.model)
+  kernels = {"/".join(map(str, path)): int(np.prod(v.shape))
+             for path, v in nnx.to_flat_state(nnx.state(_model(config))) if path[-1] == "kernel"}
+  count = lambda prefix: sum(n for name, n in kernels.items() if name.startswith(prefix))
+  seq_len, t, v = 48, pulse.text, pulse.vision
+  lm = 2 * count("language_model/") + 2 * seq_len * t.num_heads * t.head_dim * t.num_layers  # causal: T/2 keys
+  assert flops.lm_forward_flops_per_token(t, seq_len) == lm
+  patches, tokens = v.patches_per_side**2, v.patches_per_side**2 + 1
+  per_layer = count("vision_tower/layers/") // v.num_layers
+  vision = 2 * (patches * count("vision_tower/embeddings") + v.layers_needed * tokens * per_layer) \
+      + 4 * tokens**2 * v.hidden_size * v.layers_needed
+  assert flops.vision_forward_flops_per_view(v) == vision
+  projector = 2 * v.tokens_per_view * count("multi_modal_projector/")
+  views = 2 * pulse.max_views
+  assert flops.train_step_flops(pulse, batch=2, seq_len=seq_len) == 3 * lm * 2 * seq_len + vision * views \
+      + 3 * projector * views
+  assert flops.peak_flops("TPU v5 lite") == 197e12 and flops.peak_flops("TPU v5p") == 459e12
+  assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and flops.peak_flops("cpu") is None
