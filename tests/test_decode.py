@@ -36,10 +36,9 @@ def model(config):
 def _prompts(config, text_lengths, seed=0):
   """Rows of text, one placeholder per image feature, text; their pixel values and feature layouts."""
   rng = np.random.default_rng(seed)
-  prompts = [np.concatenate([rng.integers(3, IMAGE_TOKEN, 4), np.full(num_image_tokens(tuple(size), config),
-                                                                       IMAGE_TOKEN),
-                             rng.integers(3, IMAGE_TOKEN, n)]).astype(np.int32)
-             for size, n in zip(SIZES, text_lengths)]
+  text = lambda n: rng.integers(3, IMAGE_TOKEN, n)
+  image = lambda size: np.full(num_image_tokens(tuple(size), config), IMAGE_TOKEN)
+  prompts = [np.concatenate([text(4), image(size), text(n)]).astype(np.int32) for size, n in zip(SIZES, text_lengths)]
   pixels = rng.normal(size=(len(prompts), config.max_views, 3, 32, 32)).astype(np.float32)
   return prompts, pixels, feature_layout(SIZES[:len(prompts)], config)
 
@@ -176,12 +175,14 @@ def test_sharded_over_a_mesh_gives_the_same_tokens(model, config, batch, referen
 def test_stream_yields_generate_tokens_with_one_step_compilation(model, config, batch, reference):
   prompts, pixels, layout = batch
   eos = int(reference[0, 5])
+  compiled = decode._advance_jit._cache_size()  # other tests (chat, eval) may have compiled other shapes already
   for row in (0, 1):  # 58 and 61 tokens: one bucket (64)
     hits = list(reference[row]).index(eos) if eos in reference[row] else STEPS
     got = decode.stream(model, config, prompts[row], pixels[row], layout[row], max_new_tokens=STEPS, eos_id=eos,
                         pad_id=PAD)
     assert list(got) == list(reference[row, :hits])
-  assert decode._advance_jit._cache_size() == 1  # one step executable for both prompts, not one per token
+  # At most one new step executable for both prompts, not one per token.
+  assert decode._advance_jit._cache_size() - compiled <= 1
 
 
 def test_bad_settings_and_prompts_are_named(model, config, batch):
