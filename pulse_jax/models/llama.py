@@ -26,7 +26,8 @@ class KVCache:
   """Keys and values of every layer for a batch of sequences.
 
   Attributes:
-    k, v: [L, B, S, K, H] per-layer keys (after RoPE) and values; S is the cache capacity.
+    k, v: [L, B, K, S, H] per-layer keys (after RoPE) and values; S is the cache capacity. The kv-head axis
+      comes before the slots so that attention reads a layer's cache without transposing it.
     valid: bool[B, S], True for slots holding a real (non-padding) token.
     lengths: int32[B], real tokens seen so far per row: the RoPE position of the next token.
     end: int32[], slots filled so far (shared by all rows).
@@ -39,13 +40,13 @@ class KVCache:
 
   @classmethod
   def empty(cls, config: TextConfig, batch: int, capacity: int, dtype=jnp.float32) -> "KVCache":
-    shape = (config.num_layers, batch, capacity, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch, config.num_kv_heads, capacity, config.head_dim)
     return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, capacity), bool),
                lengths=jnp.zeros((batch,), jnp.int32), end=jnp.zeros((), jnp.int32))
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -73,10 +74,11 @@ class Attention(nnx.Module):
     self.v_proj = dense(t.hidden_size, t.num_kv_heads * t.head_dim, ("embed", "kv_heads"), **kw)
     self.o_proj = dense(t.num_heads * t.head_dim, t.hidden_size, ("heads", "embed"), **kw)
 
-  def __call__(self, x, positions, mask, kv=None, end=None):
-    """x: [B, T, E]; mask: bool[B, T, S]; kv: this layer's cached (k, v) [B, S, K, H] or None.
+  def __call__(self, x, positions, mask, kv=None, end=None, layer=None):
+    """x: [B, T, E]; mask: bool[B, T, S]; kv: every layer's cached (k, v) [L, B, K, S, H], or None.
 
-    Returns the output [B, T, E] and the updated (k, v) (None without a cache).
+    With a cache, this layer (index `layer`) writes its T new keys/values at slots [end, end + T) in place and
+    attends over its own slab. Returns the output [B, T, E] and the updated (k, v) (None without a cache).
     """
     b, t, _ = x.shape
     q = rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), positions, self.rope_theta)
@@ -85,10 +87,11 @@ class Attention(nnx.Module):
     if kv is None:
       out = causal_attention(q, k, v, mask)
     else:
-      k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), end, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), end, axis=1)
-      kv = (k, v)
-      out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+      zero = jnp.zeros((), jnp.int32)
+      kv = tuple(jax.lax.dynamic_update_slice(cached, new.transpose(0, 2, 1, 3)[None].astype(cached.dtype),
+                                              (layer, zero, zero, end, zero)) for cached, new in zip(kv, (k, v)))
+      k, v = (jax.lax.dynamic_index_in_dim(cached, layer, keepdims=False).astype(q.dtype) for cached in kv)
+      out = attention(q, k, v, mask, kv_heads_first=True)
     return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), kv
 
 
@@ -118,8 +121,8 @@ class DecoderLayer(nnx.Module):
         t.hidden_size, t.rms_norm_eps, param_dtype=config.jnp_param_dtype, rngs=rngs)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x, positions, mask, kv=None, end=None):
-    attn_out, kv = self.self_attn(self.input_layernorm(x), positions, mask, kv, end)
+  def __call__(self, x, positions, mask, kv=None, end=None, layer=None):
+    attn_out, kv = self.self_attn(self.input_layernorm(x), positions, mask, kv, end, layer)
     x = x + attn_out
     return x + self.mlp(self.post_attention_layernorm(x)), kv
 
@@ -183,12 +186,14 @@ class LlamaModel(nnx.Module):
       x = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.layers)
       return self.norm(x), None
 
-    def cached_body(x, layer_and_kv):
-      layer, k, v = layer_and_kv
-      x, (k, v) = layer(x, positions, mask, (k, v), cache.end)
-      return x, (k, v)
-    x, (k, v) = nnx.scan(cached_body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(
-        x, (self.layers, cache.k, cache.v))
+    # The whole cache rides in the carry and each layer updates its slab in place: scanning over it as inputs
+    # and outputs instead would copy every layer's slab in and out at each step (O(cache) work per token).
+    def cached_body(carry, layer):
+      x, k, v, index = carry
+      x, (k, v) = layer(x, positions, mask, (k, v), cache.end, index)
+      return x, k, v, index + 1
+    x, k, v, _ = nnx.scan(cached_body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(
+        (x, cache.k, cache.v, jnp.zeros((), jnp.int32)), self.layers)
     cache = KVCache(k=k, v=v, valid=valid, lengths=cache.lengths + attention_mask.sum(1, dtype=jnp.int32),
                     end=cache.end + t)
     return self.norm(x), cache
