@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import jax
 
-from pulse_jax import decode, evaluate, parallel, train
-from pulse_jax.config import apply_overrides, load_config, model_config
+from pulse_jax import decode, evaluate, parallel
+from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
 from pulse_jax.data.conversation import encode_prompt
 from pulse_jax.data.image_processor import load_image
 from pulse_jax.data.tokenizer import IMAGE_TOKEN
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                       help=f"longest answer in tokens (default {DEFAULT_MAX_NEW_TOKENS})")
   parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-  train._accept_config_overrides(parser)  # pylint: disable=protected-access  (the `--config.a.b=v` convention)
+  accept_config_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

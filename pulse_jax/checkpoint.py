@@ -15,6 +15,7 @@ before it is used, with a warning; a checkpoint that reads fine but does not fit
 
 import dataclasses
 import logging
+import pathlib
 import signal
 from collections.abc import Mapping
 
@@ -182,3 +183,41 @@ def _architecture_differences(imported: PulseConfig, config: PulseConfig) -> lis
   pairs += [(name, getattr(imported, name), getattr(config, name))
             for name in ("image_token_id", "projector_hidden_act", "projector_bias")]
   return [f"{name}: {a!r} vs {b!r}" for name, a, b in pairs if a != b]
+
+
+def orbax_step_dir(path: pathlib.Path) -> pathlib.Path:
+  """The Orbax step folder `path` names: itself (it holds state/), or the latest step in it or its checkpoints/.
+
+  Raises:
+    CheckpointError: `path` holds no checkpoint.
+  """
+  if (path / STATE).is_dir():
+    return path
+  for folder in (path, path / "checkpoints"):
+    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / STATE).is_dir()]
+    if steps:
+      return folder / str(max(steps))
+  raise CheckpointError(f"{path}: no checkpoint: expected a Hugging Face folder (config.json + *.safetensors), an "
+                        "Orbax step folder (<step>/state), or a training workdir or checkpoints/ folder holding steps")
+
+
+def restore_params(step_dir: pathlib.Path, abstract_params: Mapping) -> dict:
+  """The parameters of an Orbax training checkpoint (pulse_jax.checkpoint layout), without its optimizer state.
+
+  Args:
+    step_dir: DIR/<step>, holding state/ = {"params", "opt_state", "step"}.
+    abstract_params: the params tree (nnx.to_pure_dict layout) as jax.ShapeDtypeStructs with the target shardings
+      and dtypes: each device reads only its shard, cast to the target dtype (so bfloat16 inference works from
+      float32 training weights).
+  """
+  target = {"params": abstract_params}
+  reader = ocp.PyTreeCheckpointer()
+  try:
+    restored = reader.restore(step_dir / STATE, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+  except Exception as e:  # Orbax/tensorstore raise many types (ValueError, OSError, ...) for bad or foreign files.
+    raise CheckpointError(f"{step_dir}: cannot restore the parameters ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]}); was it written with another model config?") from e
+  finally:
+    reader.close()
+  return restored["params"]

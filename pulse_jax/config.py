@@ -6,6 +6,7 @@ fields, parsing each value as a Python literal (strings may be given bare). Conf
 misspelt field or a wrong type fails loudly instead of being ignored.
 """
 
+import argparse
 import ast
 import importlib.util
 import pathlib
@@ -71,3 +72,15 @@ def model_config(model: ml_collections.ConfigDict) -> PulseConfig:
     return PulseConfig(vision=VisionConfig(**vision), text=TextConfig(**text), **fields)
   except TypeError as e:
     raise ConfigError(f"model config: {e}") from e
+
+
+def accept_config_overrides(parser: argparse.ArgumentParser) -> None:
+  """Makes `parser` collect `--config.a.b=value` arguments (names argparse cannot declare) into args.overrides."""
+  parse_known_args = parser.parse_known_args
+
+  def parse_with_overrides(args=None, namespace=None):
+    namespace, extras = parse_known_args(args, namespace)
+    namespace.overrides = [a for a in extras if a.startswith("--config.")]
+    return namespace, [a for a in extras if not a.startswith("--config.")]
+
+  parser.parse_known_args = parse_with_overrides

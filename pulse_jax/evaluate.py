@@ -52,7 +52,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 import tqdm
 from flax import nnx
@@ -61,8 +60,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pulse_jax import checkpoint, decode, metrics, parallel, train
-from pulse_jax.config import apply_overrides, load_config, model_config
+from pulse_jax import checkpoint, decode, metrics, parallel
+from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
 from pulse_jax.convert import hf
 from pulse_jax.data import pipeline
 from pulse_jax.data.conversation import encode_prompt
@@ -70,7 +69,7 @@ from pulse_jax.data.examples import conversations_of, decode_text
 from pulse_jax.data.image_processor import ImageProcessorConfig, load_image, preprocess
 from pulse_jax.data.tokenizer import IMAGE_TOKEN, MODEL_FILE_NAME, Tokenizer
 from pulse_jax.ecg.skips import SkipCounter
-from pulse_jax.errors import CheckpointError, ConfigError, DataError, ImageError
+from pulse_jax.errors import ConfigError, DataError, ImageError
 from pulse_jax.judge import JudgeClient, JudgeConfig
 from pulse_jax.models.config import PulseConfig
 from pulse_jax.models.llava import PulseModel, feature_layout, num_image_tokens
@@ -102,44 +101,6 @@ class LoadedModel:
 def is_hf_folder(path: pathlib.Path) -> bool:
   """Whether `path` is a transformers checkpoint folder (it holds config.json)."""
   return (path / "config.json").is_file()
-
-
-def orbax_step_dir(path: pathlib.Path) -> pathlib.Path:
-  """The Orbax step folder `path` names: itself (it holds state/), or the latest step in it or its checkpoints/.
-
-  Raises:
-    CheckpointError: `path` holds no checkpoint.
-  """
-  if (path / checkpoint.STATE).is_dir():
-    return path
-  for folder in (path, path / "checkpoints"):
-    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / checkpoint.STATE).is_dir()]
-    if steps:
-      return folder / str(max(steps))
-  raise CheckpointError(f"{path}: no checkpoint: expected a Hugging Face folder (config.json + *.safetensors), an "
-                        "Orbax step folder (<step>/state), or a training workdir or checkpoints/ folder holding steps")
-
-
-def restore_params(step_dir: pathlib.Path, abstract_params: Mapping) -> dict:
-  """The parameters of an Orbax training checkpoint (pulse_jax.checkpoint layout), without its optimizer state.
-
-  Args:
-    step_dir: DIR/<step>, holding state/ = {"params", "opt_state", "step"}.
-    abstract_params: the params tree (nnx.to_pure_dict layout) as jax.ShapeDtypeStructs with the target shardings
-      and dtypes: each device reads only its shard, cast to the target dtype (so bfloat16 inference works from
-      float32 training weights).
-  """
-  target = {"params": abstract_params}
-  reader = ocp.PyTreeCheckpointer()
-  try:
-    restored = reader.restore(step_dir / checkpoint.STATE, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
-  except Exception as e:  # Orbax/tensorstore raise many types (ValueError, OSError, ...) for bad or foreign files.
-    raise CheckpointError(f"{step_dir}: cannot restore the parameters ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300]}); was it written with another model config?") from e
-  finally:
-    reader.close()
-  return restored["params"]
 
 
 def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh, rules: parallel.Rules, *,
@@ -174,10 +135,10 @@ def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh,
     model_id = tag = source.name
     tokenizer = tokenizer or (str(path) if (path / MODEL_FILE_NAME).is_file() else "")
   else:
-    step_dir = orbax_step_dir(path)
+    step_dir = checkpoint.orbax_step_dir(path)
     abstract_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                    nnx.to_pure_dict(abstract_state), shardings)
-    params = restore_params(step_dir, abstract_params)
+    params = checkpoint.restore_params(step_dir, abstract_params)
     source = step_dir.resolve()
     run_dir = source.parent
     run = run_dir.parent.name if run_dir.name == "checkpoints" else run_dir.name
@@ -714,7 +675,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "Hugging Face LLaVA-NeXT folder (default: WORKDIR/checkpoints, latest step)")
   parser.add_argument("--tokenizer", metavar="PATH", help="SentencePiece model (default: the Hugging Face "
                       "folder's tokenizer.model, else data.tokenizer)")
-  train._accept_config_overrides(parser)  # pylint: disable=protected-access  (the `--config.a.b=v` convention)
+  accept_config_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ import ml_collections
 from flax import nnx
 
 from pulse_jax import flops, parallel, train
-from pulse_jax.config import apply_overrides, load_config, model_config
+from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.llava import PulseModel
 
@@ -314,7 +314,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="training examples per epoch (default: ECGInstruct's 1,156,110)")
   parser.add_argument("--mfu", type=float, default=DEFAULT_MFU,
                       help="model FLOPs utilisation assumed for the time estimate (default: %(default)s)")
-  train._accept_config_overrides(parser)  # pylint: disable=protected-access  (the `--config.a.b=v` convention)
+  accept_config_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

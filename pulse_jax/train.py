@@ -45,7 +45,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pulse_jax import checkpoint, flops, parallel
-from pulse_jax.config import apply_overrides, load_config, model_config
+from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
 from pulse_jax.data import standin
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.config import PulseConfig
@@ -427,19 +427,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--config", required=True, metavar="FILE.py[:ARG]", help="experiment config, e.g. "
                       "configs/pulse_7b.py:fsdp; further `--config.a.b=value` arguments override its fields")
   parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events; rerun to resume")
-  _accept_config_overrides(parser)
-
-
-def _accept_config_overrides(parser: argparse.ArgumentParser) -> None:
-  """Makes `parser` collect `--config.a.b=value` arguments (names argparse cannot declare) into args.overrides."""
-  parse_known_args = parser.parse_known_args
-
-  def parse_with_overrides(args=None, namespace=None):
-    namespace, extras = parse_known_args(args, namespace)
-    namespace.overrides = [a for a in extras if a.startswith("--config.")]
-    return namespace, [a for a in extras if not a.startswith("--config.")]
-
-  parser.parse_known_args = parse_with_overrides
+  accept_config_overrides(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pulse_jax import checkpoint, cli, decode, evaluate  # noqa: E402
+from pulse_jax import checkpoint, cli, decode  # noqa: E402
 from pulse_jax.config import model_config  # noqa: E402
 from pulse_jax.convert import hf, llava_original, orbax_params  # noqa: E402
 from pulse_jax.convert.cli import export_hf, import_hf, parse_size  # noqa: E402
@@ -260,7 +260,7 @@ def test_converted_checkpoint_initialises_training_on_a_mesh(tmp_path):
   shardings = step_fns.state_shardings["params"]
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         hf.abstract_params(pulse_config), shardings)
-  restored = evaluate.restore_params(evaluate.orbax_step_dir(tmp_path / "ckpt"), target)
+  restored = checkpoint.restore_params(checkpoint.orbax_step_dir(tmp_path / "ckpt"), target)
   for got, want, sharding in zip(jax.tree.leaves(restored), jax.tree.leaves(params), jax.tree.leaves(shardings)):
     assert got.sharding == sharding
     np.testing.assert_array_equal(np.asarray(got), want)

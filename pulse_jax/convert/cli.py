@@ -22,8 +22,7 @@ import argparse
 import pathlib
 import re
 
-from pulse_jax import train
-from pulse_jax.config import apply_overrides, load_config, model_config
+from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
 from pulse_jax.convert import hf, hf_processor, llava_original, orbax_params
 from pulse_jax.data.tokenizer import MODEL_FILE_NAME, Tokenizer
 from pulse_jax.errors import ConversionError
@@ -164,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     if name == "to-llava":
       export.add_argument("--vision-tower", metavar="NAME_OR_DIR", help="mm_vision_tower to write (default: the "
                           "known CLIP tower of the model's shape, e.g. openai/clip-vit-large-patch14-336)")
-    train._accept_config_overrides(export)  # pylint: disable=protected-access  (the `--config.a.b=v` convention)
+    accept_config_overrides(export)
 
 
 def run(args: argparse.Namespace) -> None:

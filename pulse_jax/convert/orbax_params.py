@@ -7,7 +7,7 @@ A converted checkpoint CKPT is laid out like a training run's checkpoints/ folde
                          section}, so `pulse_jax.config.model_config` rebuilds the PulseConfig;
   CKPT/tokenizer.model   the source checkpoint's SentencePiece model, when it had one.
 Everything that reads the parameters of training checkpoints therefore reads it: evaluation and chat
-(pulse_jax.evaluate.load_model: a partial restore of "params", each device reading only its shard of the mesh it
+(pulse_jax.checkpoint.restore_params: a partial restore of "params", each device reading only its shard of the mesh it
 restores onto, cast to the wanted dtype), and `restore` below. Arrays are stored in chunks of at most CHUNK_BYTES,
 so a device restoring its shard on a large mesh reads about its share rather than whole stacked arrays (one
 stacked MLP weight of a 7B model is 5.8 GB in float32). Writing holds about one copy of the weights (`save`).
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pulse_jax import checkpoint, evaluate
+from pulse_jax import checkpoint
 from pulse_jax.config import model_config
 from pulse_jax.convert import hf
 from pulse_jax.data.tokenizer import MODEL_FILE_NAME
@@ -75,7 +75,7 @@ def restore(path: str | pathlib.Path, config: PulseConfig | None = None) -> tupl
 
   Args:
     path: a converted checkpoint, a training workdir, its checkpoints/ folder or one step folder (the latest step
-      is taken, as pulse_jax.evaluate does).
+      is taken, as pulse_jax.checkpoint.orbax_step_dir picks it).
     config: the model; None takes the configuration stored with a converted checkpoint.
 
   Returns:
@@ -85,9 +85,9 @@ def restore(path: str | pathlib.Path, config: PulseConfig | None = None) -> tupl
     ConversionError: no config given for a checkpoint that stores none.
     CheckpointError: no checkpoint at `path`, or parameters that do not fit `config`.
   """
-  step_dir = evaluate.orbax_step_dir(pathlib.Path(path))
+  step_dir = checkpoint.orbax_step_dir(pathlib.Path(path))
   config = config or stored_config(step_dir)
   if config is None:
     raise ConversionError(f"{step_dir} is a training checkpoint, which stores no model configuration: pass the "
                           "run's --config")
-  return evaluate.restore_params(step_dir, hf.abstract_params(config)), config, step_dir
+  return checkpoint.restore_params(step_dir, hf.abstract_params(config)), config, step_dir
