@@ -31,10 +31,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       dtype="bfloat16",
       remat="full",
   ))
-  # ECGInstruct has 1,156,110 conversations: 9,032 steps per epoch at batch 128, 27,096 in 3 epochs. Until the
-  # ECGInstruct pipeline lands, the stand-in source has the same size, so the schedule is the paper's.
+  # ECGInstruct has 1,156,110 conversations: 9,032 steps per epoch at batch 128, 27,096 in 3 epochs. source "tfds"
+  # reads the build below; --config.data.source=standin trains on random examples of the same count and length
+  # (a dry run of a pod with no data on it), so the schedule is the paper's either way.
   config.data = ml_collections.ConfigDict(dict(
-      source="standin", num_examples=1_156_110, eval_examples=512, seq_len=4096, seed=0))
+      source="tfds", num_examples=1_156_110, eval_examples=512, seq_len=4096, seed=0))
   # The released ECGInstruct / ECGBench (`pulse-jax build-data --manual-dir DIR`; from_raw rebuilds them) read by
   # pulse_jax.data.pipeline. mixture weighs ECGInstruct's collections (splits): the paper's ablations P, P+M,
   # P+M+C set the others to 0. Most examples are 2,880 image + ~300 text tokens: buckets keep padding short.

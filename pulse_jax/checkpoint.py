@@ -21,12 +21,14 @@ from collections.abc import Mapping
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from pulse_jax.config import model_config
 from pulse_jax.convert import hf
 from pulse_jax.errors import CheckpointError
 from pulse_jax.models.config import PulseConfig
@@ -34,6 +36,7 @@ from pulse_jax.models.config import PulseConfig
 _logger = logging.getLogger(__name__)
 
 STATE, DATA = "state", "data"
+MODEL_METADATA_KEY = "model"  # a converted checkpoint's model configuration, in state/'s custom metadata
 
 
 class Checkpointer:
@@ -153,26 +156,59 @@ class PreemptionWatch:
     self.signalled = True
 
 
-def load_imported_params(path: str, config: PulseConfig, shardings: Mapping) -> dict:
-  """Parameters (only) of an imported Hugging Face LLaVA-NeXT checkpoint, placed with `shardings`.
+def is_hf_folder(path: pathlib.Path) -> bool:
+  """Whether `path` is a transformers checkpoint folder (it holds config.json)."""
+  return (path / "config.json").is_file()
 
-  The checkpoint is read into host memory, cast to config.param_dtype, and each device then receives just its
-  shard, so a 7B model never sits whole on one accelerator.
+
+def stored_config(step_dir: pathlib.Path) -> PulseConfig | None:
+  """The model configuration an Orbax step folder stores: a converted checkpoint's (pulse_jax.convert.orbax_params
+  writes it as the state item's custom metadata); None for a training checkpoint, which stores none."""
+  metadata = ocp.StandardCheckpointHandler().metadata(step_dir / STATE).custom_metadata or {}
+  if MODEL_METADATA_KEY not in metadata:
+    return None
+  return model_config(ml_collections.ConfigDict(metadata[MODEL_METADATA_KEY]))
+
+
+def load_params(path: str | pathlib.Path, config: PulseConfig, shardings: Mapping) -> tuple[dict, pathlib.Path]:
+  """The parameters (only) of any checkpoint of `config`'s model, placed with `shardings`; and what was read.
+
+  `path` is a transformers LLaVA-NeXT folder (config.json + *.safetensors), or an Orbax checkpoint: one written
+  by `pulse-jax convert from-hf / from-llava`, a training workdir, its checkpoints/ folder or a step folder (the
+  latest step is taken; the optimizer state is never read). Each device receives just its shard (Orbax: reads just
+  it), cast to config.param_dtype, so a 7B model never sits whole on one accelerator.
+
+  Returns:
+    (params in the nnx.to_pure_dict layout, the folder read: the Hugging Face folder or the Orbax step folder).
 
   Raises:
-    CheckpointError: the checkpoint's architecture differs from `config` (shapes, ids or numerics fields).
+    CheckpointError: no checkpoint at `path`, or one whose architecture (from config.json or a converted
+      checkpoint's stored config; shapes otherwise) differs from `config`.
   """
-  cpu = jax.local_devices(backend="cpu")[0]
-  with jax.default_device(cpu):
-    model, imported = hf.load(path, merge_mode=config.merge_mode, param_dtype=config.param_dtype)
-  differing = _architecture_differences(imported, config)
+  path = pathlib.Path(path)
+  if is_hf_folder(path):
+    cpu = jax.local_devices(backend="cpu")[0]
+    with jax.default_device(cpu):
+      model, imported = hf.load(path, merge_mode=config.merge_mode, param_dtype=config.param_dtype)
+    _check_architecture(path, imported, config)
+    host = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+    return jax.tree.map(
+        lambda array, sharding: jax.make_array_from_callback(array.shape, sharding, lambda index: array[index]),
+        host, dict(shardings)), path
+  step_dir = orbax_step_dir(path)
+  stored = stored_config(step_dir)
+  if stored is not None:
+    _check_architecture(step_dir, stored, config)
+  target = jax.tree.map(lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                        hf.abstract_params(config), dict(shardings))
+  return restore_params(step_dir, target), step_dir
+
+
+def _check_architecture(path: pathlib.Path, stored: PulseConfig, config: PulseConfig) -> None:
+  differing = _architecture_differences(stored, config)
   if differing:
     raise CheckpointError(f"{path} does not hold the configured model (checkpoint vs config: "
                           f"{'; '.join(differing)})")
-  host = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
-  return jax.tree.map(
-      lambda array, sharding: jax.make_array_from_callback(array.shape, sharding, lambda index: array[index]),
-      host, dict(shardings))
 
 
 def _architecture_differences(imported: PulseConfig, config: PulseConfig) -> list[str]:

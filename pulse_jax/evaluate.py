@@ -98,11 +98,6 @@ class LoadedModel:
   path: pathlib.Path
 
 
-def is_hf_folder(path: pathlib.Path) -> bool:
-  """Whether `path` is a transformers checkpoint folder (it holds config.json)."""
-  return (path / "config.json").is_file()
-
-
 def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh, rules: parallel.Rules, *,
                tokenizer: str = "", default_tokenizer: str = "") -> LoadedModel:
   """Loads weights (an Orbax checkpoint or a Hugging Face folder, see the module docstring) onto `mesh`.
@@ -120,7 +115,7 @@ def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh,
     ConfigError: no tokenizer, or one whose <image> id is not config.image_token_id.
   """
   path = pathlib.Path(path)
-  hf_folder = is_hf_folder(path)
+  hf_folder = checkpoint.is_hf_folder(path)
   if config is None:
     if not hf_folder:
       raise ConfigError(f"{path}: an Orbax checkpoint holds no model config; pass --config")
@@ -128,21 +123,15 @@ def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh,
   with nnx.use_eager_sharding(False):
     abstract_model = nnx.eval_shape(lambda: PulseModel(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract_model)
-  shardings = parallel.state_shardings(abstract_state, mesh, rules)
+  params, source = checkpoint.load_params(path, config, parallel.state_shardings(abstract_state, mesh, rules))
+  source = source.resolve()
   if hf_folder:
-    params = checkpoint.load_imported_params(str(path), config, shardings)
-    source = path.resolve()
     model_id = tag = source.name
     tokenizer = tokenizer or (str(path) if (path / MODEL_FILE_NAME).is_file() else "")
   else:
-    step_dir = checkpoint.orbax_step_dir(path)
-    abstract_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                   nnx.to_pure_dict(abstract_state), shardings)
-    params = checkpoint.restore_params(step_dir, abstract_params)
-    source = step_dir.resolve()
     run_dir = source.parent
     run = run_dir.parent.name if run_dir.name == "checkpoints" else run_dir.name
-    tag = f"step_{step_dir.name}"
+    tag = f"step_{source.name}"
     model_id = f"{run}/{tag}"
   tokenizer = tokenizer or default_tokenizer
   if not tokenizer:
@@ -447,7 +436,9 @@ def score_inputs(name: str, records: Sequence[Mapping[str, Any]]) -> tuple[list,
 
 def score_records(name: str, records: Sequence[Mapping[str, Any]],
                   judge: JudgeClient | None = None) -> dict[str, Any]:
-  """{"paper": ..., "strict": ...}: metrics.score_set results of a set's prediction records, in split order.
+  """{"paper": ..., "strict": ...[, "majority": ...]}: metrics.score_set results of a set's prediction records, in
+  split order, and metrics.majority_baseline of the same items (the set's most frequent gold answer, strict
+  rules; not for report and Arena sets).
 
   A set that cannot be scored (no predictions, no gold label of the label space) gets {"error": why} instead,
   so one such set never hides the others' scores.
@@ -460,6 +451,10 @@ def score_records(name: str, records: Sequence[Mapping[str, Any]],
       results[mode] = metrics.score_set(name, predictions, golds, prompts, strict, judge=judge)
     except DataError as e:
       results[mode] = {"set": name, "mode": mode, "error": str(e)}
+  if "error" not in results["strict"]:
+    baseline = metrics.majority_baseline(name, golds, prompts)
+    if baseline is not None:
+      results["majority"] = baseline
   return results
 
 
@@ -534,7 +529,7 @@ def write_plots(name: str, results: Mapping[str, Mapping[str, Any]], records: Se
   `records` are the prediction records in split order, as they were scored.
   """
   kind = metrics.BENCH_SETS[name].kind
-  scored = {mode: result for mode, result in results.items() if "error" not in result}
+  scored = {mode: results[mode] for mode in ("paper", "strict") if "error" not in results[mode]}
   if not scored or kind not in ("multilabel", "mcq"):
     return None
   path = out_dir / f"{name}.png"

@@ -55,6 +55,7 @@ get a deterministic proxy: F1 between the findings that the generated and the go
 REPORT_FINDINGS (each with synonyms), with simple negation handling (see `report_findings`).
 """
 
+import collections
 import dataclasses
 import random
 import re
@@ -594,6 +595,24 @@ def score_set(name: str, predictions: Sequence[Any], golds: Sequence[Any], promp
   return result
 
 
+def majority_baseline(name: str, golds: Sequence[Any], prompts: Sequence[str] | None = None) -> dict[str, Any] | None:
+  """The strict scores of answering every item with the set's most frequent gold answer (the first one seen on
+  a tie), or None for report and Arena sets, which have no single answer to repeat.
+
+  The bar that shows a model reads the image: a model that learned only which answer is common scores this.
+  The result is a `score_set` result with mode "majority" and the repeated "answer".
+  """
+  if name not in BENCH_SETS:
+    raise ConfigError(f"unknown ECGBench set {name!r}; expected one of {', '.join(BENCH_SETS)}")
+  if BENCH_SETS[name].kind in ("report", "arena") or not golds:
+    return None
+  keys = [tuple(g) if isinstance(g, (list, tuple)) else g for g in golds]
+  counts = collections.Counter(keys)
+  answer = golds[max(range(len(keys)), key=lambda i: (counts[keys[i]], -keys.index(keys[i])))]
+  text = "; ".join(answer) if isinstance(answer, (list, tuple)) else answer
+  return score_set(name, [text] * len(golds), golds, prompts, strict=True) | {"mode": "majority", "answer": text}
+
+
 def _cell(value: float | None) -> str:
   return "–" if value is None else f"{value:.1f}"
 
@@ -607,17 +626,20 @@ def comparison_table(results: Sequence[Mapping[str, Any]]) -> str:
   """A markdown table of `score_set` results (paper and strict modes side by side) beside PAPER_RESULTS.
 
   One row per set and headline metric, in BENCH_SETS order; values rounded to one decimal for display only.
+  When `majority_baseline` results are among `results`, a "majority answer (strict)" column follows ours.
   """
   ours: dict[tuple[str, str], Mapping[str, Any]] = {(r["set"], r["mode"]): r for r in results}
+  modes = ("paper", "strict", "majority") if any(r["mode"] == "majority" for r in results) else ("paper", "strict")
   models = list(PAPER_RESULTS)
-  lines = ["| set | metric | ours (paper rules) | ours (strict) | " + " | ".join(models) + " |",
-           "|---|---|---:|---:|" + "---:|" * len(models)]
+  headers = {"paper": "ours (paper rules)", "strict": "ours (strict)", "majority": "majority answer (strict)"}
+  lines = ["| set | metric | " + " | ".join(headers[m] for m in modes) + " | " + " | ".join(models) + " |",
+           "|---|---|" + "---:|" * (len(modes) + len(models))]
   for name, bench in BENCH_SETS.items():
     if (name, "paper") not in ours and (name, "strict") not in ours:
       continue
     for metric in HEADLINE_METRICS[bench.kind]:
-      mine = [_metric(ours.get((name, mode), {}), metric) for mode in ("paper", "strict")]
-      if all(v is None for v in mine):
+      mine = [_metric(ours.get((name, mode), {}), metric) for mode in modes]
+      if all(v is None for v in mine[:2]):
         continue
       theirs = [PAPER_RESULTS[model].get(name, {}).get(metric) for model in models]
       lines.append(f"| {name} | {metric} | " + " | ".join(_cell(v) for v in mine + theirs) + " |")

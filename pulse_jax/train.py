@@ -46,7 +46,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pulse_jax import checkpoint, flops, parallel
 from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
-from pulse_jax.data import standin
+from pulse_jax.data import pipeline, standin
+from pulse_jax.ecg.skips import SkipCounter
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.config import PulseConfig
 from pulse_jax.models.llava import PulseModel, max_image_tokens
@@ -225,19 +226,49 @@ def _abstract_batch(config: PulseConfig, mesh: Mesh, batch: int, seq_len: int) -
 # ------------------------------------------------------------------------------------------- input
 
 
-def input_batches(data: Mapping, config: PulseConfig, *, split: str, batch_size: int,
-                  seed: int | None) -> tuple[grain.DatasetIterator, int]:
-  """This process's batches of `split` ("train" or "eval") from `data.source`, and the examples per epoch.
+@dataclasses.dataclass
+class Input:
+  """One split's host batches, as `input_batches` opens them.
 
-  The iterator yields dicts of numpy arrays (the batch contract, this process's `batch_size` rows) and its
-  position is what checkpoints save. seed=None keeps the examples in order (evaluation).
+  Attributes:
+    iterator: yields this process's rows of each global batch (dicts of numpy arrays, the batch contract);
+      its position is what checkpoints save.
+    epoch_size: examples per epoch over all processes.
+    pad_id: the token the batches are right-padded with (to agree on one length across processes).
+    skipped: the examples this process skipped and why (data.source "tfds" without workers), else None.
   """
+  iterator: grain.DatasetIterator
+  epoch_size: int
+  pad_id: int
+  skipped: SkipCounter | None = None
+
+  def next_global(self, mesh: Mesh) -> tuple[dict[str, jax.Array], np.ndarray]:
+    """The next global batch of STEP_INPUTS, and this process's example ids (for the data-order log).
+
+    Each process pads to the longest bucket any process drew this step: a global array has one shape.
+    """
+    local = pipeline.agree_on_length(next(self.iterator), self.pad_id)
+    return parallel.global_batch({k: local[k] for k in STEP_INPUTS}, mesh), local["example_id"]
+
+
+def input_batches(data: Mapping, config: PulseConfig, *, split: str, batch_size: int, seed: int | None) -> Input:
+  """This process's batches of `split` ("train" or "eval") from `data.source`.
+
+  "tfds": the ECGInstruct build named by data.builder through the grain pipeline (pulse_jax.data.pipeline:
+  the data.mixture splits for "train", data.eval_split for "eval"), batches padded to length buckets, so the
+  step compiles once per bucket. "standin": deterministic random examples of data.seq_len tokens (no files).
+  seed=None keeps the examples in order (evaluation).
+  """
+  if data["source"] == "tfds":
+    batches = pipeline.batches(data, config, split=split, batch_size=batch_size, seed=seed)
+    skipped = batches.preprocess.skipped if not int(data["workers"]) else None
+    return Input(batches.iterator, batches.epoch_size, batches.pad_id, skipped)
   if data["source"] == "standin":
     train = split == "train"
     examples = standin.standin_dataset(config, num_examples=data["num_examples"] if train else data["eval_examples"],
                                        seq_len=data["seq_len"], seed=data["seed"] if train else data["seed"] + 1)
-    return batch_iterator(examples, batch_size=batch_size, seed=seed), len(examples)
-  raise ConfigError(f"unknown data.source {data['source']!r}; known: 'standin'")
+    return Input(batch_iterator(examples, batch_size=batch_size, seed=seed), len(examples), pad_id=0)
+  raise ConfigError(f"unknown data.source {data['source']!r}; known: 'tfds', 'standin'")
 
 
 def batch_iterator(examples: grain.MapDataset, *, batch_size: int, seed: int | None) -> grain.DatasetIterator:
@@ -272,11 +303,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   if t.global_batch % jax.process_count():
     raise ConfigError(f"train.global_batch {t.global_batch} does not split over {jax.process_count()} processes")
   local_batch = t.global_batch // jax.process_count()
-  batches, epoch_size = input_batches(config.data, model_cfg, split="train", batch_size=local_batch,
-                                      seed=config.data.seed)
-  total_steps = t.steps or t.epochs * (epoch_size // t.global_batch)
+  train_input = input_batches(config.data, model_cfg, split="train", batch_size=local_batch, seed=config.data.seed)
+  total_steps = t.steps or t.epochs * (train_input.epoch_size // t.global_batch)
   if total_steps <= 0:
-    raise ConfigError(f"{epoch_size} examples make no batch of {t.global_batch}; set train.steps or add data")
+    raise ConfigError(f"{train_input.epoch_size} examples make no batch of {t.global_batch}; set train.steps or "
+                      "add data")
 
   # ----------------------------------------------------------------------------------------- model, shardings
   schedule = learning_rate_schedule(t, total_steps)
@@ -286,26 +317,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
 
   # ----------------------------------------------------------------------------------------- init or resume
   checkpointer = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=config.checkpoint.keep)
-  restored = checkpointer.restore_latest(step_fns.abstract_state, batches)
+  restored = checkpointer.restore_latest(step_fns.abstract_state, train_input.iterator)
   if restored is not None:
     state, step = restored
     _say(is_main, f"resumed from {workdir / 'checkpoints' / str(step)}")
   elif config.checkpoint.init_from:
-    params = checkpoint.load_imported_params(config.checkpoint.init_from, model_cfg,
-                                             step_fns.state_shardings["params"])
+    params, source = checkpoint.load_params(config.checkpoint.init_from, model_cfg,
+                                            step_fns.state_shardings["params"])
     state, step = step_fns.init_from_params(params), 0
-    _say(is_main, f"initialised from {config.checkpoint.init_from}")
+    _say(is_main, f"initialised from {source}")
   else:
     state, step = step_fns.init(jnp.int32(t.seed)), 0
 
   # ----------------------------------------------------------------------------------------- eval hook
   def evaluate(state) -> float:
     """Mean loss per loss token over the first train.eval_batches global batches of the eval split."""
-    eval_batches, _ = input_batches(config.data, model_cfg, split="eval", batch_size=local_batch, seed=None)
+    eval_input = input_batches(config.data, model_cfg, split="eval", batch_size=local_batch, seed=None)
     total = count = 0.0
     for _ in range(t.eval_batches):
-      local = next(eval_batches)
-      summed, tokens = step_fns.eval_loss(state, parallel.global_batch({k: local[k] for k in STEP_INPUTS}, mesh))
+      summed, tokens = step_fns.eval_loss(state, eval_input.next_global(mesh)[0])
       total, count = total + float(summed), count + int(tokens)
     return total / max(count, 1)
 
@@ -316,12 +346,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
       workdir / "tensorboard", start=step, total=total_steps, log_every=t.log_every, step_flops=step_flops,
       is_main=is_main) as progress:
     while step < total_steps:
-      local = next(batches)
-      state, metrics = step_fns.step(state, parallel.global_batch({k: local[k] for k in STEP_INPUTS}, mesh))
+      batch, example_ids = train_input.next_global(mesh)
+      state, metrics = step_fns.step(state, batch)
       step += 1
       progress.record(step, metrics)
       if t.log_data_order:
-        _log_data_order(workdir / "data_order.txt", step, local["example_id"], is_main)
+        _log_data_order(workdir / "data_order.txt", step, example_ids, is_main)
       evaluating = t.eval_every and (step % t.eval_every == 0 or step == total_steps)
       preempted = preemption.signalled or checkpointer.reached_preemption(step)
       saving = preempted or step % config.checkpoint.every == 0 or step == total_steps
@@ -330,13 +360,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
           if evaluating:
             progress.scalars(step, {"eval/loss": evaluate(state)}, announce=True)
           if saving:
-            checkpointer.save(step, state, batches)
+            checkpointer.save(step, state, train_input.iterator)
       if preempted:
         progress.say(f"preempted at step {step}: checkpoint saved; run the same command to resume")
         status = PREEMPTED_EXIT_STATUS
         break
   checkpointer.wait()
   checkpointer.close()
+  if train_input.skipped is not None and train_input.skipped.total:
+    _say(True, f"process {jax.process_index()} {train_input.skipped.summary()}")
   return status
 
 

@@ -15,7 +15,7 @@ from data_builders.ecg_bench.ecg_bench_dataset_builder import Builder as BenchBu
 from data_builders.ecg_instruct.ecg_instruct_dataset_builder import Builder as InstructBuilder
 from pulse_jax import cli, metrics
 from pulse_jax.data import raw_sources, released, tasks
-from pulse_jax.data.builder import EcgBuilderConfig
+from pulse_jax.data.builder import EcgBuilderConfig, resolve_config
 from pulse_jax.data.conversation import render_prompt
 from pulse_jax.data.examples import conversations_of, decode_text
 from pulse_jax.data.image_processor import load_image
@@ -325,3 +325,14 @@ def test_build_data_command(released_tree, tmp_path, capsys):
       capsys.readouterr().out)
   assert len(tfds.data_source("ecg_bench/released", split="arena", data_dir=str(tmp_path))) == 1
   assert cli.main(["build-data", "--config", "configs/tiny.py", "--dataset", "ecg_nope/synthetic"]) == 1
+
+
+def test_sized_synthetic_configs(tmp_path, capsys):
+  """'synthetic_<N>': the synthetic config with N records per collection, in its own folder, readable by name."""
+  sized = resolve_config("synthetic_12")
+  assert (sized.name, sized.origin, sized.synthetic_records, sized.dpi) == ("synthetic_12", "synthetic", 12, 100.0)
+  assert resolve_config("synthetic") == "synthetic" and resolve_config("synthetic_x") == "synthetic_x"
+  assert cli.main(["build-data", "--config", "configs/tiny.py", "--dataset", "ecg_bench/synthetic_12",
+                   "--data-dir", str(tmp_path)]) == 0
+  assert "ecg_bench/synthetic_12: ptb-test" in capsys.readouterr().out
+  assert len(tfds.data_source("ecg_bench/synthetic_12", split="cpsc-test", data_dir=str(tmp_path))) == 12

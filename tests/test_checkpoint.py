@@ -18,7 +18,7 @@ from tensorboardX.proto import event_pb2
 
 from pulse_jax import checkpoint, train
 from pulse_jax.config import model_config
-from pulse_jax.convert import hf
+from pulse_jax.convert import hf, orbax_params
 from pulse_jax.errors import CheckpointError
 from pulse_jax.models import PulseModel
 from tests.conftest import REPO_ROOT
@@ -34,7 +34,7 @@ def _random_state(abstract_state, seed=0) -> dict:
 
 def _iterator(config):
   return train.input_batches(config.data, model_config(config.model), split="train",
-                             batch_size=config.train.global_batch, seed=config.data.seed)[0]
+                             batch_size=config.train.global_batch, seed=config.data.seed).iterator
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -130,29 +130,44 @@ def test_checkpoint_of_another_model_is_an_error_not_a_fallback(config, tmp_path
   loader.close()
 
 
-def test_initialise_from_an_imported_checkpoint(tmp_path):
+def test_initialise_from_imported_and_converted_checkpoints(tmp_path):
+  """checkpoint.init_from: a transformers folder, the Orbax checkpoint `convert from-hf` writes and another run's
+  checkpoints/ all give the same parameters, each on the step's shardings; another architecture is refused."""
   config = small_config("model.merge_mode=spatial_unpad")  # what transformers' LLaVA-NeXT format can express
   pulse_config = model_config(config.model)
   with nnx.use_eager_sharding(False):
     source = nnx.eval_shape(lambda: PulseModel(pulse_config, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(7)  # numpy weights: no per-shape initialiser compilations
   state = nnx.state(source)
-  nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype),
-                                               nnx.to_pure_dict(state)))
+  want = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, want)
   nnx.update(source, state)
   hf.save(source, pulse_config, tmp_path / "hf")
+  orbax_params.save(tmp_path / "converted", want, pulse_config)
   step_fns = small_train_step(config, (2, 2, 2))
-  params = checkpoint.load_imported_params(str(tmp_path / "hf"), pulse_config, step_fns.state_shardings["params"])
-  want = _flat(nnx.to_pure_dict(nnx.state(source)))
-  got = _flat(params)
-  assert got.keys() == want.keys()
-  for name in want:
-    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-  for leaf, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(step_fns.state_shardings["params"])):
-    assert leaf.sharding == sharding
+  shardings = step_fns.state_shardings["params"]
+  run = checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), keep=1)
+  run.save(3, step_fns.init_from_params(checkpoint.load_params(tmp_path / "hf", pulse_config, shardings)[0]),
+           _iterator(config))
+  run.wait()
+  run.close()
+
+  for path, read in (("hf", "hf"), ("converted", "converted/0"), ("run", "run/checkpoints/3")):
+    params, source_dir = checkpoint.load_params(str(tmp_path / path), pulse_config, shardings)
+    assert source_dir == tmp_path / read
+    got = _flat(params)
+    assert got.keys() == _flat(want).keys()
+    for name, value in _flat(want).items():
+      np.testing.assert_array_equal(got[name], value, err_msg=f"{path}: {name}")
+    for leaf, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
+      assert leaf.sharding == sharding
+
   other = model_config(small_config("model.merge_mode=spatial_unpad", "model.text.rms_norm_eps=1e-6").model)
-  with pytest.raises(CheckpointError, match=r"text\.rms_norm_eps: 1e-05 vs 1e-06"):
-    checkpoint.load_imported_params(str(tmp_path / "hf"), other, step_fns.state_shardings["params"])
+  for path in ("hf", "converted"):
+    with pytest.raises(CheckpointError, match=r"text\.rms_norm_eps: 1e-05 vs 1e-06"):
+      checkpoint.load_params(str(tmp_path / path), other, shardings)
+  with pytest.raises(CheckpointError, match="no checkpoint"):
+    checkpoint.load_params(str(tmp_path), pulse_config, shardings)
 
 
 # ------------------------------------------------------------------------------------- pulse-jax train, killed

@@ -181,9 +181,13 @@ def test_report_files(setup, synthetic_run):
       want = json.loads(json.dumps(metrics.score_set(name, predictions, golds, prompts, strict)).replace(
           "NaN", "null"))
       assert report["sets"][name][mode] == want, (name, mode)
+    majority = json.loads(json.dumps(metrics.majority_baseline(name, golds, prompts)).replace("NaN", "null"))
+    assert report["sets"][name].get("majority") == majority, name  # None for the report set
   assert report["sets"]["ptb-test-report"]["paper"]["proxy_f1"] >= 0  # offline proxy without a judge
+  assert report["sets"]["csn-test-no-cot"]["majority"]["accuracy"] > 0
   markdown = (out_dir / "report.md").read_text()
-  header = "| set | metric | ours (paper rules) | ours (strict) | PULSE-7B | GPT-4o | Random |"
+  header = ("| set | metric | ours (paper rules) | ours (strict) | majority answer (strict) | PULSE-7B | GPT-4o | "
+            "Random |")
   assert header in markdown
   assert "| cpsc-test | f1 |" in markdown and "| csn-test-no-cot | accuracy |" in markdown
   assert "| g12-test-no-cot | accuracy |" in markdown and "78.2 | 49.2 |" in markdown  # PULSE-7B, GPT-4o G12EC
@@ -307,8 +311,8 @@ def test_judge_scores_report_and_arena_and_its_answers_are_cached(released_run, 
   assert requests == 2 + 3  # one call per report and per dialogue; the strict pass read the cache
   assert len((out_dir / "judge_cache.jsonl").read_text().splitlines()) == 5
   markdown = (out_dir / "report.md").read_text()
-  assert "| ptb-test-report | report_score | 60.0 | 60.0 | 61.3 | 50.2 | 0.0 |" in markdown
-  assert "| arena | arena_score | 60.0 | 60.0 | 38.9 | 33.5 | 0.0 |" in markdown
+  assert "| ptb-test-report | report_score | 60.0 | 60.0 | – | 61.3 | 50.2 | 0.0 |" in markdown  # no majority
+  assert "| arena | arena_score | 60.0 | 60.0 | – | 38.9 | 33.5 | 0.0 |" in markdown
   # Rescoring a finished run generates nothing and asks the judge nothing new.
   evaluate.evaluate(config, out_dir.parents[2], sets=("arena",), checkpoint_path=str(step_dir))
   assert _strict_json(out_dir / "report.json")["sets"].keys() == set(RELEASED_SETS)  # still every set

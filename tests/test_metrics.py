@@ -243,3 +243,28 @@ def test_comparison_table_puts_both_modes_beside_the_paper():
   assert "| ptb-test | hamming_loss | 0.0 | 0.0 | 11.0 | 26.2 | 50.1 |" in table
   assert "| mmmu-ecg | accuracy | 100.0 | – | 58.0 | 43.5 | 24.2 |" in table
   assert len(table) == 2 + 3 + 1
+
+
+def test_majority_baseline_repeats_the_most_frequent_gold_answer():
+  golds = ["NORM", "MI", "NORM", "STTC; CD", "NORM", "MI"]
+  baseline = metrics.majority_baseline("ptb-test", golds)
+  assert baseline["mode"] == "majority" and baseline["answer"] == "NORM"
+  # Only NORM is ever predicted: F1 2*3/(3+6) for NORM, 0 for MI, STTC, CD; AUC 50 for every class.
+  assert baseline["f1"] == pytest.approx(100 * (6 / 9) / 4)
+  assert baseline["auc"] == pytest.approx(50.0)
+  assert metrics.majority_baseline("csn-test-no-cot", ["B", "C", "B"])["accuracy"] == pytest.approx(200 / 3)
+  # A tie goes to the answer seen first; ECG-QA golds are option lists.
+  prompt = f"Is there X? Options: yes, no, not sure. {metrics.ECGQA_INSTRUCTION}"
+  qa = metrics.majority_baseline("ecgqa-test", [["no"], ["yes"], ["yes"], ["no"]], [prompt] * 4)
+  assert qa["answer"] == "no" and qa["accuracy"] == pytest.approx(50.0)
+  assert metrics.majority_baseline("ptb-test-report", ["Sinus rhythm."]) is None
+
+
+def test_comparison_table_adds_the_majority_column_when_given():
+  golds = ["NORM", "MI", "NORM"]
+  results = [metrics.score_set("ptb-test", ["NORM", "MI", "MI"], golds, strict=s) for s in (False, True)]
+  results.append(metrics.majority_baseline("ptb-test", golds))
+  table = metrics.comparison_table(results).splitlines()
+  assert table[0] == ("| set | metric | ours (paper rules) | ours (strict) | majority answer (strict) | PULSE-7B | "
+                      "GPT-4o | Random |")
+  assert "| ptb-test | auc | 75.0 | 75.0 | 50.0 | 82.4 | 55.6 | 50.3 |" in table

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from data_builders.ecg_instruct.ecg_instruct_dataset_builder import Builder as InstructBuilder
-from pulse_jax import parallel
+from pulse_jax import parallel, train
 from pulse_jax.config import load_config, model_config
 from pulse_jax.data import pipeline, released
 from pulse_jax.data.builder import EcgBuilderConfig
@@ -25,6 +25,7 @@ from pulse_jax.data.image_processor import ImageProcessorConfig, load_image, pre
 from pulse_jax.data.tokenizer import Tokenizer, train_tokenizer
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.llava import feature_layout, num_image_tokens
+from tests.train_helpers import small_config
 
 tfds.disable_progress_bar()
 
@@ -213,3 +214,32 @@ def test_configuration_errors_name_the_problem(setup):
                      seed=0)
   with pytest.raises(ConfigError, match="weights"):
     pipeline.mixture_weights(dict(data, mixture={"ptbxl": 0.0}))
+
+
+def _train_on_the_build(setup, workdir, steps: int) -> None:
+  """`pulse-jax train` (in this process) of the trainer tests' small model on the synthetic build, 8 devices."""
+  data, config, _ = setup
+  run = small_config(
+      "data.source='tfds'", f"data.builder='{data['builder']}'", f"data.data_dir='{data['data_dir']}'",
+      f"data.tokenizer='{data['tokenizer']}'", f"data.seq_len={SEQ_LEN}", f"data.buckets={BUCKETS}",
+      f"model.text.vocab_size={config.text.vocab_size}", f"model.image_token_id={config.image_token_id}",
+      f"train.steps={steps}", "train.eval_every=2", "train.eval_batches=1", "train.log_data_order=True",
+      "checkpoint.every=2")
+  assert train.train(run, str(workdir)) == 0
+
+
+def _data_order(workdir) -> dict[int, list[int]]:
+  return {int(step): ids for step, *ids in (line.split() for line in (workdir / "data_order.txt").read_text()
+                                            .splitlines())}
+
+
+def test_trainer_reads_the_build_and_resumes_exactly(setup, tmp_path):
+  """data.source="tfds": the trainer draws ECGInstruct batches (several buckets, so several compiled lengths) and a
+  run stopped at step 2 and restarted continues with the same examples as an uninterrupted one."""
+  _train_on_the_build(setup, tmp_path / "straight", steps=4)
+  _train_on_the_build(setup, tmp_path / "stopped", steps=2)
+  _train_on_the_build(setup, tmp_path / "stopped", steps=4)
+  straight, resumed = _data_order(tmp_path / "straight"), _data_order(tmp_path / "stopped")
+  assert list(straight) == [1, 2, 3, 4] and resumed == straight
+  examples = {pipeline.example_hash(i) for split in setup[2].values() for i in split}
+  assert set(int(i) for ids in straight.values() for i in ids) <= examples

@@ -43,6 +43,6 @@ def small_train_step(config: ml_collections.ConfigDict, mesh_shape, rules: str =
 
 def first_batches(config: ml_collections.ConfigDict, count: int) -> list[dict[str, np.ndarray]]:
   """The first `count` global batches of the config's training data (numpy, as one process sees them)."""
-  batches, _ = train.input_batches(config.data, model_config(config.model), split="train",
-                                   batch_size=config.train.global_batch, seed=config.data.seed)
+  batches = train.input_batches(config.data, model_config(config.model), split="train",
+                                batch_size=config.train.global_batch, seed=config.data.seed).iterator
   return [next(batches) for _ in range(count)]

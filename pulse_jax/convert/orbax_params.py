@@ -19,12 +19,10 @@ import shutil
 from collections.abc import Mapping
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from pulse_jax import checkpoint
-from pulse_jax.config import model_config
 from pulse_jax.convert import hf
 from pulse_jax.data.tokenizer import MODEL_FILE_NAME
 from pulse_jax.errors import ConversionError
@@ -32,7 +30,6 @@ from pulse_jax.models.config import PulseConfig
 
 STEP = 0  # a converted checkpoint is where fine-tuning starts
 CHUNK_BYTES = 64 * 2**20
-_MODEL_KEY = "model"
 
 
 def save(directory: str | pathlib.Path, params: Mapping, config: PulseConfig, *,
@@ -56,18 +53,10 @@ def save(directory: str | pathlib.Path, params: Mapping, config: PulseConfig, *,
   state = {"params": params}
   manager.save(STEP, args=ocp.args.Composite(**{checkpoint.STATE: ocp.args.PyTreeSave(
       state, save_args=jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), state),
-      custom_metadata={_MODEL_KEY: dataclasses.asdict(config)}, ocdbt_target_data_file_size=CHUNK_BYTES)}))
+      custom_metadata={checkpoint.MODEL_METADATA_KEY: dataclasses.asdict(config)}, ocdbt_target_data_file_size=CHUNK_BYTES)}))
   manager.close()
   if tokenizer is not None:
     shutil.copyfile(tokenizer, directory / MODEL_FILE_NAME)
-
-
-def stored_config(step_dir: pathlib.Path) -> PulseConfig | None:
-  """The PulseConfig a converted checkpoint's step folder holds; None for a training checkpoint (it holds none)."""
-  metadata = ocp.StandardCheckpointHandler().metadata(step_dir / checkpoint.STATE).custom_metadata or {}
-  if _MODEL_KEY not in metadata:
-    return None
-  return model_config(ml_collections.ConfigDict(metadata[_MODEL_KEY]))
 
 
 def restore(path: str | pathlib.Path, config: PulseConfig | None = None) -> tuple[dict, PulseConfig, pathlib.Path]:
@@ -86,7 +75,7 @@ def restore(path: str | pathlib.Path, config: PulseConfig | None = None) -> tupl
     CheckpointError: no checkpoint at `path`, or parameters that do not fit `config`.
   """
   step_dir = checkpoint.orbax_step_dir(pathlib.Path(path))
-  config = config or stored_config(step_dir)
+  config = config or checkpoint.stored_config(step_dir)
   if config is None:
     raise ConversionError(f"{step_dir} is a training checkpoint, which stores no model configuration: pass the "
                           "run's --config")

@@ -1,6 +1,7 @@
 """`pulse-jax build-data`: build the TFDS datasets an experiment config names, as array_record.
 
   pulse-jax build-data --config configs/tiny.py                  # ecg_instruct/synthetic + ecg_bench/synthetic
+  pulse-jax build-data --config configs/tiny.py --dataset ecg_bench/synthetic_400   # 400 records per collection
   pulse-jax build-data --config configs/pulse_7b.py --manual-dir /data/pulse   # the released files
   pulse-jax build-data --config configs/pulse_7b.py --dataset ecg_instruct/from_raw --manual-dir /data/raw \\
       --beam-pipeline-options "runner=DataflowRunner,project=P,region=R,temp_location=gs://B/tmp,setup_file=./setup.py"
@@ -19,6 +20,7 @@ import sys
 import tensorflow_datasets as tfds
 
 from pulse_jax.config import load_config
+from pulse_jax.data.builder import resolve_config
 from pulse_jax.errors import ConfigError
 
 BUILDERS_DIR = pathlib.Path(__file__).resolve().parents[2] / "data_builders"
@@ -38,7 +40,8 @@ def build(dataset: str, *, data_dir: str | None, manual_dir: str | None,
           beam_pipeline_options: str | None = None) -> tfds.core.DatasetBuilder:
   """Builds `dataset` ('<builder>/<config>') as array_record in data_dir and returns its builder."""
   name, _, config = dataset.partition("/")
-  builder = builder_class(name)(config=config or None, data_dir=data_dir, file_format="array_record")
+  builder = builder_class(name)(config=resolve_config(config) if config else None, data_dir=data_dir,
+                                file_format="array_record")
   beam_options = None
   if beam_pipeline_options:
     beam = tfds.core.lazy_imports.apache_beam

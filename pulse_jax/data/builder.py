@@ -4,7 +4,8 @@ Each builder has three BuilderConfigs:
   released   the files PULSE published, from manual_dir (pulse_jax.data.released);
   from_raw   rebuilt from the raw collections in manual_dir/<collection> (pulse_jax.data.raw_sources);
   synthetic  the from_raw path over a small synthetic corpus the builder writes itself into its download folder,
-             so a build works with nothing on disk (the demo's and the tests' data).
+             so a build works with nothing on disk (the tests' data); `synthetic_<N>` is the same with N records
+             per collection instead of 24 (the demo's `synthetic_400`), built by `pulse-jax build-data`.
 
 Data are written as array_record, without TensorFlow: `pulse-jax build-data`, or in Python
   Builder(config="synthetic", data_dir=..., file_format="array_record").download_and_prepare()
@@ -20,6 +21,7 @@ each split (Beam: as pipeline counters, printed when the pipeline finishes).
 
 import dataclasses
 import pathlib
+import re
 from collections.abc import Iterable, Iterator, Mapping
 
 import tensorflow_datasets as tfds
@@ -72,6 +74,20 @@ def standard_configs() -> list[EcgBuilderConfig]:
                        code15_test_fraction=0.25,
                        description="Rebuilt from a synthetic corpus in the raw layouts, written by the builder."),
   ]
+
+
+_SIZED_SYNTHETIC = re.compile(r"synthetic_(\d+)")
+
+
+def resolve_config(name: str) -> str | EcgBuilderConfig:
+  """A config name as DatasetBuilder(config=...) takes it: 'synthetic_<N>' becomes the synthetic config with N
+  records per collection (and that name, so builds of different sizes live in different folders)."""
+  sized = _SIZED_SYNTHETIC.fullmatch(name)
+  if not sized:
+    return name
+  synthetic = next(c for c in standard_configs() if c.name == "synthetic")
+  return dataclasses.replace(synthetic, name=name, synthetic_records=int(sized.group(1)),
+                             description=f"{synthetic.description} {sized.group(1)} records per collection.")
 
 
 @dataclasses.dataclass(frozen=True)
