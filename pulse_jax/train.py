@@ -403,7 +403,13 @@ class _Progress:
       self._writer.close()
 
   def record(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
-    """Takes the step's metrics (device arrays, not waited for) and reports at logging steps."""
+    """Takes the step's metrics (device arrays) and reports at logging steps.
+
+    Waits for the previous step first: one step stays queued behind the running one (the device never idles on
+    the host), and the bar advances at the rate steps finish, not at the rate they are dispatched.
+    """
+    if self._pending:
+      jax.block_until_ready(self._pending[-1])
     self._bar.update(1)
     self._pending.append(metrics)
     if not (step == self._first_step or step % self._log_every == 0 or step == self._total):
