@@ -184,8 +184,12 @@ def _summary(report_dir: pathlib.Path, seconds: float) -> int:
   print(f"\n== summary ({seconds / 60:.1f} min)\n")
   print(metrics.comparison_table([r for modes in report["sets"].values() for r in modes.values()
                                   if "error" not in r]))
+  scores = report["sets"].get(DETECTION_SET, {})
+  if "majority" not in scores or "error" in scores.get("strict", {"error": ""}):
+    print(f"\nFAILED: {DETECTION_SET} was not evaluated or could not be scored: {scores.get('strict', {}).get('error')}")
+    return 1
   result = verdict(report)
-  answer = report["sets"][DETECTION_SET]["majority"]["answer"]
+  answer = scores["majority"]["answer"]
   print(f"\nabnormality detection ({DETECTION_SET}, strict rules): macro F1 {result.f1:.1f} vs {result.majority_f1:.1f} "
         f"answering {answer!r} every time ({result.f1 - result.majority_f1:+.1f}); macro AUC {result.auc:.1f} vs "
         f"{result.majority_auc:.1f} ({result.auc - result.majority_auc:+.1f})")

@@ -33,3 +33,9 @@ def test_demo_runs_every_stage(tmp_path, capsys):
   assert {"config.json", "tokenizer.model"} <= {p.name for p in (tmp_path / "export" / "hf").iterdir()}
   # A second run in the same workdir reuses the data, tokenizer, checkpoint, predictions and export.
   assert demo.demo(tmp_path, records=12, steps=2, sets=(demo.DETECTION_SET, "csn-test-no-cot")) == status
+
+
+def test_summary_fails_without_the_detection_set(tmp_path, capsys):
+  (tmp_path / "report.json").write_text(json.dumps({"sets": {}}))
+  assert demo._summary(tmp_path, 1.0) == 1
+  assert f"FAILED: {demo.DETECTION_SET} was not evaluated" in capsys.readouterr().out
