@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -136,13 +137,17 @@ def demo(workdir: pathlib.Path, *, records: int, steps: int, seed: int = 0,
     from pulse_jax.config import model_config
     export_dir = workdir / "export" / "hf"
     model = model_config(config.model)
-    if not (export_dir / "config.json").is_file():
-      export_hf(run_dir, export_dir, config=model, default_tokenizer=str(tokenizer_path))
     trained, _, _ = restore(run_dir, model)
-    tensors = TensorSource()
-    tensors.add_folder(export_dir)
-    reread = read_params(read_config(export_dir, merge_mode=model.merge_mode), tensors)
-    identical = _same_arrays(trained, reread)
+
+    def exported() -> dict:
+      tensors = TensorSource()
+      tensors.add_folder(export_dir)
+      return read_params(read_config(export_dir, merge_mode=model.merge_mode), tensors)
+
+    if not (export_dir / "config.json").is_file() or not _same_arrays(trained, exported()):
+      shutil.rmtree(export_dir, ignore_errors=True)  # none yet, or an earlier run's (fewer steps)
+      export_hf(run_dir, export_dir, config=model, default_tokenizer=str(tokenizer_path))
+    identical = _same_arrays(trained, exported())
     files = sorted(p.name for p in export_dir.iterdir())
     print(f"   {export_dir}: {', '.join(files)}; read back {'bit-identical' if identical else 'DIFFERENT'}")
     if not identical:

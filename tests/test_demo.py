@@ -31,8 +31,12 @@ def test_demo_runs_every_stage(tmp_path, capsys):
   assert set(report["sets"]) == {demo.DETECTION_SET, "csn-test-no-cot"}
   assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
   assert {"config.json", "tokenizer.model"} <= {p.name for p in (tmp_path / "export" / "hf").iterdir()}
-  # A second run in the same workdir reuses the data, tokenizer, checkpoint, predictions and export.
+  # A second run in the same workdir reuses the data, tokenizer, checkpoint, predictions and export; one with more
+  # steps resumes training and exports again.
   assert demo.demo(tmp_path, records=12, steps=2, sets=(demo.DETECTION_SET, "csn-test-no-cot")) == status
+  demo.demo(tmp_path, records=12, steps=3, sets=(demo.DETECTION_SET,))
+  out = capsys.readouterr().out
+  assert "read back bit-identical" in out and (tmp_path / "run" / "checkpoints" / "3").is_dir()
 
 
 def test_summary_fails_without_the_detection_set(tmp_path, capsys):
