@@ -6,6 +6,7 @@ shlex.join, files as a quoted heredoc. Executing runs each command through an in
 tests drive the real path with a fake that records what would have run.
 """
 
+import argparse
 import dataclasses
 import pathlib
 import shlex
@@ -100,3 +101,14 @@ def detached(command: str, log: str) -> str:
   setsid + nohup + stdin from /dev/null keep the job alive after the ssh connection that started it closes.
   """
   return f"setsid nohup {command} >> {shlex.quote(log)} 2>&1 < /dev/null &"
+
+
+def parse_launcher_args(argv: Sequence[str] | None, prog: str, description: str,
+                        add_arguments: Callable[[argparse.ArgumentParser], None]
+                        ) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
+  """(parser, the launcher's own options, the `pulse-jax train` arguments after `--`) of a launcher's argv."""
+  own, train_args = split_train_args(sys.argv[1:] if argv is None else argv)
+  parser = argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_arguments(parser)
+  return parser, parser.parse_args(own), train_args

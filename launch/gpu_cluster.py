@@ -21,8 +21,8 @@ import argparse
 import shlex
 import sys
 
-from launch.commands import (REPO_ROOT, Runner, Step, WriteFile, detached, execute, parse_env, run_subprocess,
-                             split_train_args, train_command, venv_install)
+from launch.commands import (REPO_ROOT, Runner, Step, WriteFile, detached, execute, parse_env,
+                             parse_launcher_args, run_subprocess, train_command, venv_install)
 from pulse_jax.parallel import COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV
 
 DEFAULT_PORT = 8476
@@ -97,11 +97,7 @@ def ssh_steps(args: argparse.Namespace, train_args: list[str], env: dict[str, st
 
 def main(argv: list[str] | None = None, run: Runner = run_subprocess) -> int:
   """Command-line entry; `run` replaces subprocess execution (tests inject a recorder)."""
-  own, train_args = split_train_args(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="python -m launch.gpu_cluster", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_arguments(parser)
-  args = parser.parse_args(own)
+  parser, args, train_args = parse_launcher_args(argv, "python -m launch.gpu_cluster", __doc__, add_arguments)
   if not train_args:
     parser.error("give the `pulse-jax train` arguments after `--`")
   try:

@@ -19,8 +19,8 @@ import argparse
 import shlex
 import sys
 
-from launch.commands import (REPO_ROOT, Runner, Step, detached, execute, parse_env, run_subprocess,
-                             split_train_args, train_command, venv_install)
+from launch.commands import (REPO_ROOT, Runner, Step, detached, execute, parse_env,
+                             parse_launcher_args, run_subprocess, train_command, venv_install)
 
 ACTIONS = ("create", "install", "run", "logs", "delete")
 REMOTE_DIR = "pulse-jax"  # under the worker's home directory, where gcloud ssh starts
@@ -156,11 +156,7 @@ def launch_steps(args: argparse.Namespace, train_args: list[str]) -> list[Step]:
 
 def main(argv: list[str] | None = None, run: Runner = run_subprocess) -> int:
   """Command-line entry; `run` replaces subprocess execution (tests inject a recorder)."""
-  own, train_args = split_train_args(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(prog="python -m launch.tpu_pod", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_arguments(parser)
-  args = parser.parse_args(own)
+  parser, args, train_args = parse_launcher_args(argv, "python -m launch.tpu_pod", __doc__, add_arguments)
   try:
     steps = launch_steps(args, train_args)
   except ValueError as e:

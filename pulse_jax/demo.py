@@ -144,10 +144,12 @@ def demo(workdir: pathlib.Path, *, records: int, steps: int, seed: int = 0,
       tensors.add_folder(export_dir)
       return read_params(read_config(export_dir, merge_mode=model.merge_mode), tensors)
 
-    if not (export_dir / "config.json").is_file() or not _same_arrays(trained, exported()):
+    reread = exported() if (export_dir / "config.json").is_file() else None
+    if reread is None or not _same_arrays(trained, reread):
       shutil.rmtree(export_dir, ignore_errors=True)  # none yet, or an earlier run's (fewer steps)
       export_hf(run_dir, export_dir, config=model, default_tokenizer=str(tokenizer_path))
-    identical = _same_arrays(trained, exported())
+      reread = exported()
+    identical = _same_arrays(trained, reread)
     files = sorted(p.name for p in export_dir.iterdir())
     print(f"   {export_dir}: {', '.join(files)}; read back {'bit-identical' if identical else 'DIFFERENT'}")
     if not identical:

@@ -607,8 +607,8 @@ def majority_baseline(name: str, golds: Sequence[Any], prompts: Sequence[str] | 
   if BENCH_SETS[name].kind in ("report", "arena") or not golds:
     return None
   keys = [tuple(g) if isinstance(g, (list, tuple)) else g for g in golds]
-  counts = collections.Counter(keys)
-  answer = golds[max(range(len(keys)), key=lambda i: (counts[keys[i]], -keys.index(keys[i])))]
+  most_common = collections.Counter(keys).most_common(1)[0][0]  # ties: the first seen (insertion order)
+  answer = golds[keys.index(most_common)]
   text = "; ".join(answer) if isinstance(answer, (list, tuple)) else answer
   return score_set(name, [text] * len(golds), golds, prompts, strict=True) | {"mode": "majority", "answer": text}
 
