@@ -7,7 +7,10 @@ tower frozen (no gradients for it on either side), gradient clipping to global n
 b1 0.9, b2 0.999, eps 1e-8, weight decay 0). Ours is pulse_jax.train.make_train_step on a one-device mesh, the
 same function `pulse-jax train` runs. Prints tokens/s for both and, last, the ratio.
 
-  python benchmarks/train_step.py [--steps 3]
+  python benchmarks/train_step.py [--steps 3] [--profile]
+
+--profile then runs one more pulse-jax step under the JAX profiler and prints where XLA's op time goes by kind
+(benchmarks.common.profile_breakdown).
 """
 
 import argparse
@@ -23,7 +26,7 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import best_seconds, report  # noqa: E402
+from benchmarks.common import best_seconds, profile_breakdown, report  # noqa: E402
 from benchmarks.forward import IMAGE_SIZE, TEXT_TOKENS, VOCAB, build_peer, loss_weights, make_batch  # noqa
 from pulse_jax import parallel, train  # noqa: E402
 from pulse_jax.convert import hf  # noqa: E402
@@ -79,6 +82,7 @@ def torch_step(peer, ids, pixels, sizes):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side, alternating (best is reported)")
+  parser.add_argument("--profile", action="store_true", help="print pulse-jax's op time by kind (one more step)")
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
   load_before = os.getloadavg()[0]
@@ -100,6 +104,9 @@ def main():
         f"({num_image_tokens(IMAGE_SIZE, config)} image + {TEXT_TOKENS} text), fp32, AdamW + clip 1.0, "
         f"{os.cpu_count()} CPU cores, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
   print(f"step time: pulse-jax {jax_time:.3f} s, transformers + torch AdamW {torch_time:.3f} s")
+  if args.profile:
+    print("pulse-jax op time by kind (one profiled step): " + ", ".join(
+        f"{kind} {share:.0%}" for kind, share in profile_breakdown(ours)))
   report("train step tokens/s", "tokens/s", tokens / jax_time, tokens / torch_time, "transformers")
 
 
