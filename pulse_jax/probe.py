@@ -1,15 +1,17 @@
 """`pulse-jax probe-image`: can a model config learn to answer from an ECG image, with no language to learn?
 
 The demo's model must learn to read rhythm off rendered pages and learn ECGInstruct's language at once; this
-probe takes the language away to measure the first alone. It renders --pages synthetic 12-lead pages (the four
-rhythms pulse_jax.ecg.synth draws, in turn: sinus rhythm, sinus tachycardia, sinus bradycardia, atrial
-fibrillation; every other page augmented), puts each behind the same fixed prompt (<s>, the image placeholders,
-12 fixed token ids) and trains the whole model of --config (the trainer's make_train_step, its optimizer, schedule
-and frozen filter, on one device) to answer with one of 4 token ids. Every --eval-every steps it prints the
+probe takes the language away to measure the first alone. It renders --pages synthetic 12-lead pages of 4 classes
+in turn (every other page augmented), puts each behind the same fixed prompt (<s>, the image placeholders, 12
+fixed token ids) and trains the whole model of --config (the trainer's make_train_step, its optimizer, schedule
+and frozen filter, on one device) to answer with one of 4 token ids. --question picks the classes (QUESTIONS):
+'rhythm' (sinus rhythm, sinus tachycardia, sinus bradycardia, atrial fibrillation: the rate and regularity of the
+beats) or 'conduction' (sinus rhythm plain, with 1st-degree AV block, RBBB or LBBB: the PR interval and the QRS
+shape, tens of milliseconds on the page). Every --eval-every steps it prints the
 training loss and the accuracy on --held-out pages it never trains on (rendered from other seeds; chance 25%).
 
-  pulse-jax probe-image [--config configs/tiny.py] [--demo-model] [--config.train.learning_rate=3e-4]
-      [--pages 4000] [--held-out 400] [--steps 1500] [--eval-every 250]
+  pulse-jax probe-image [--config configs/tiny.py] [--demo-model] [--question rhythm|conduction]
+      [--config.train.learning_rate=3e-4] [--pages 4000] [--held-out 400] [--steps 1500] [--eval-every 250]
 
 --demo-model applies the demo's overrides first (pulse_jax.demo.DEMO_OVERRIDES: the tower trained, 128 wide over
 28 px patches, spatial_unpad; its learning rate), so the probe measures the model `pulse-jax demo` trains.
@@ -37,31 +39,42 @@ from pulse_jax.errors import ConfigError
 from pulse_jax.models import PulseModel, feature_layout, num_image_tokens
 from pulse_jax.models.config import PulseConfig
 
-RHYTHMS = ("sinus_rhythm", "sinus_tachycardia", "sinus_bradycardia", "atrial_fibrillation")
+# Each question's 4 classes, as the synthetic ECGs that show them.
+QUESTIONS: dict[str, tuple[synth.EcgSpec, ...]] = {
+    "rhythm": tuple(synth.EcgSpec(rhythm=rhythm) for rhythm in (
+        "sinus_rhythm", "sinus_tachycardia", "sinus_bradycardia", "atrial_fibrillation")),
+    "conduction": tuple(synth.EcgSpec(findings=findings) for findings in (
+        (), ("first_degree_av_block",), ("right_bundle_branch_block",), ("left_bundle_branch_block",))),
+}
+CLASSES = 4
 PROMPT_IDS = tuple(range(10, 22))  # the fixed question: 12 ids of any vocabulary of at least 40
-ANSWER_IDS = tuple(range(30, 30 + len(RHYTHMS)))
+ANSWER_IDS = tuple(range(30, 30 + CLASSES))
 BOS, EOS = 1, 2
 HELD_OUT_SEED = 1_000_000  # held-out pages are synthesised and rendered from seeds past every training page's
 
 
 @dataclasses.dataclass(frozen=True)
 class Pages:
-  """Rendered pages and their rhythm: pixel_values float16[N, V, 3, S, S] (float16 halves the host memory of
-  thousands of pages; the step casts to the model's dtype), image_sizes int[N, 2], labels int[N] (RHYTHMS)."""
+  """Rendered pages and their class: pixel_values float16[N, V, 3, S, S] (float16 halves the host memory of
+  thousands of pages; the step casts to the model's dtype), image_sizes int[N, 2], labels int[N] (the index of
+  the page's class in its question)."""
   pixel_values: np.ndarray
   image_sizes: np.ndarray
   labels: np.ndarray
 
 
-def render_pages(count: int, config: PulseConfig, *, first_seed: int, progress: bool = False) -> Pages:
-  """`count` pages cycling through RHYTHMS, page i synthesised and rendered from seed first_seed + i."""
+def render_pages(count: int, config: PulseConfig, *, first_seed: int, question: str = "rhythm",
+                 progress: bool = False) -> Pages:
+  """`count` pages cycling through QUESTIONS[question], page i synthesised and rendered from seed first_seed + i."""
+  if question not in QUESTIONS:
+    raise ConfigError(f"unknown question {question!r}; expected one of {', '.join(QUESTIONS)}")
   processor = ImageProcessorConfig(tile_size=config.vision.image_size, grid_pinpoints=config.grid_pinpoints)
   tile = config.vision.image_size
   pixel_values = np.zeros((count, config.max_views, 3, tile, tile), np.float16)
-  sizes, labels = np.zeros((count, 2), np.int32), np.arange(count) % len(RHYTHMS)
+  sizes, labels = np.zeros((count, 2), np.int32), np.arange(count) % CLASSES
   for i in tqdm(range(count), desc="render", disable=not progress):
     seed = first_seed + i
-    record = synth.synthesize(synth.EcgSpec(rhythm=RHYTHMS[labels[i]]), seed=seed)
+    record = synth.synthesize(QUESTIONS[question][labels[i]], seed=seed)
     page = render.render_page(record, augment=bool(i % 2), seed=seed, dpi=100).image.convert("RGB")
     image = preprocess(page, processor, name=f"probe page {i}")
     pixel_values[i, :len(image.pixel_values)] = image.pixel_values
@@ -85,7 +98,7 @@ def make_batch(pages: Pages, rows: np.ndarray, config: PulseConfig, seq_len: int
           "layout": feature_layout(pages.image_sizes[rows], config)}
 
 
-def probe(config, *, pages: int, held_out: int, steps: int, eval_every: int,
+def probe(config, *, pages: int, held_out: int, steps: int, eval_every: int, question: str = "rhythm",
           progress: bool = False) -> list[dict[str, float]]:
   """Trains on pages - held_out rendered pages; returns one {"step", "loss", "accuracy"} per evaluation.
 
@@ -99,8 +112,8 @@ def probe(config, *, pages: int, held_out: int, steps: int, eval_every: int,
   if not batch_size <= pages - held_out or held_out < 1:
     raise ConfigError(f"--pages {pages} must exceed --held-out {held_out} (>= 1) by at least one batch of "
                       f"{batch_size}")
-  train_pages = render_pages(pages - held_out, model_cfg, first_seed=0, progress=progress)
-  test_pages = render_pages(held_out, model_cfg, first_seed=HELD_OUT_SEED, progress=progress)
+  train_pages = render_pages(pages - held_out, model_cfg, first_seed=0, question=question, progress=progress)
+  test_pages = render_pages(held_out, model_cfg, first_seed=HELD_OUT_SEED, question=question, progress=progress)
   longest = max(num_image_tokens(tuple(s), model_cfg) for s in np.concatenate(
       [train_pages.image_sizes, test_pages.image_sizes]))
   seq_len = -(-(longest + len(PROMPT_IDS) + 3) // 16) * 16
@@ -144,7 +157,7 @@ def probe(config, *, pages: int, held_out: int, steps: int, eval_every: int,
                 "accuracy": accuracy(state["params"])}
       results.append(result)
       print(f"step {step}: train loss {result['loss']:.3f}, held-out accuracy {result['accuracy']:.3f} "
-            f"(chance {1 / len(RHYTHMS):.2f}), {time.perf_counter() - started:.0f} s", flush=True)
+            f"(chance {1 / CLASSES:.2f}), {time.perf_counter() - started:.0f} s", flush=True)
   return results
 
 
@@ -156,6 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--steps", type=int, default=1500, help="training steps of train.global_batch pages")
   parser.add_argument("--eval-every", type=int, default=250)
   parser.add_argument("--demo-model", action="store_true", help="apply the demo's overrides before --config.*")
+  parser.add_argument("--question", choices=tuple(QUESTIONS), default="rhythm", help="which 4 classes to tell apart")
   accept_config_overrides(parser)
 
 
@@ -163,5 +177,5 @@ def run(args: argparse.Namespace) -> int:
   config = load_config(args.config)
   config = apply_overrides(config, [*(DEMO_OVERRIDES if args.demo_model else ()), *args.overrides])
   probe(config, pages=args.pages, held_out=args.held_out, steps=args.steps, eval_every=args.eval_every,
-        progress=True)
+        question=args.question, progress=True)
   return 0

@@ -42,6 +42,17 @@ def test_probe_trains_and_reports_held_out_accuracy(demo_config, capsys):
   assert "held-out accuracy" in capsys.readouterr().out
 
 
+def test_conduction_pages_show_each_finding_on_a_sinus_rhythm(demo_config):
+  specs = probe.QUESTIONS["conduction"]
+  assert {spec.rhythm for spec in specs} == {"sinus_rhythm"}
+  assert [spec.findings for spec in specs] == [(), ("first_degree_av_block",), ("right_bundle_branch_block",),
+                                               ("left_bundle_branch_block",)]
+  pages = probe.render_pages(4, model_config(demo_config.model), first_seed=0, question="conduction")
+  assert pages.labels.tolist() == [0, 1, 2, 3]
+  with pytest.raises(ConfigError, match="unknown question 'axis'"):
+    probe.render_pages(1, model_config(demo_config.model), first_seed=0, question="axis")
+
+
 def test_too_few_pages_for_a_batch_is_a_config_error(demo_config):
   with pytest.raises(ConfigError, match="--pages 10 must exceed --held-out 4"):
     probe.probe(demo_config, pages=10, held_out=4, steps=1, eval_every=1)
