@@ -7,13 +7,15 @@ tower frozen (no gradients for it on either side), gradient clipping to global n
 b1 0.9, b2 0.999, eps 1e-8, weight decay 0). Ours is pulse_jax.train.make_train_step on a one-device mesh, the
 same function `pulse-jax train` runs. Prints tokens/s for both and, last, the ratio.
 
-  python benchmarks/train_step.py [--steps 3] [--profile]
+  python benchmarks/train_step.py [--steps 3] [--profile] [--remat dots_saveable]
 
 --profile then runs one more pulse-jax step under the JAX profiler and prints where XLA's op time goes by kind
-(benchmarks.common.profile_breakdown).
+(benchmarks.op_profile.profile_breakdown). --remat sets pulse-jax's decoder rematerialisation policy (model.remat;
+default "none", as the peer stores every activation too).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -26,11 +28,13 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.common import best_seconds, profile_breakdown, report  # noqa: E402
+from benchmarks.common import best_seconds, report  # noqa: E402
 from benchmarks.forward import IMAGE_SIZE, TEXT_TOKENS, VOCAB, build_peer, loss_weights, make_batch  # noqa
+from benchmarks.op_profile import profile_breakdown  # noqa: E402
 from pulse_jax import parallel, train  # noqa: E402
 from pulse_jax.convert import hf  # noqa: E402
 from pulse_jax.models import feature_layout, num_image_tokens  # noqa: E402
+from pulse_jax.models.common import REMAT_POLICIES  # noqa: E402
 
 RECIPE = dict(learning_rate=2e-5, warmup_ratio=0.0, grad_clip=1.0, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
               weight_decay=0.0)
@@ -83,6 +87,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side, alternating (best is reported)")
   parser.add_argument("--profile", action="store_true", help="print pulse-jax's op time by kind (one more step)")
+  parser.add_argument("--remat", default="none", choices=("none", *REMAT_POLICIES), help="pulse-jax's model.remat")
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
   load_before = os.getloadavg()[0]
@@ -91,6 +96,7 @@ def main():
   with tempfile.TemporaryDirectory() as folder:
     peer.save_pretrained(folder)
     model, config = hf.load(folder)
+  config = dataclasses.replace(config, remat=args.remat)
   ids, pixels, sizes = make_batch(config)
   tokens = ids.size
 
@@ -103,7 +109,7 @@ def main():
   print(f"config: vision 256 x 4 (frozen), LM 512 x 8, batch {ids.shape[0]} x {ids.shape[1]} tokens "
         f"({num_image_tokens(IMAGE_SIZE, config)} image + {TEXT_TOKENS} text), fp32, AdamW + clip 1.0, "
         f"{os.cpu_count()} CPU cores, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-  print(f"step time: pulse-jax {jax_time:.3f} s, transformers + torch AdamW {torch_time:.3f} s")
+  print(f"step time: pulse-jax (remat {config.remat}) {jax_time:.3f} s, transformers + torch AdamW {torch_time:.3f} s")
   if args.profile:
     print("pulse-jax op time by kind (one profiled step): " + ", ".join(
         f"{kind} {share:.0%}" for kind, share in profile_breakdown(ours)))

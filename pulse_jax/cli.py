@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("pulse_jax.chat", "answer one question about one ECG image, streaming the answer"),
     "convert": ("pulse_jax.convert.cli", "checkpoints to/from Hugging Face LLaVA-NeXT and the original LLaVA format"),
     "demo": ("pulse_jax.demo", "the whole path on the embedded synthetic corpus, on CPU"),
-    "probe-image": ("pulse_jax.probe", "can a model config learn a question only the ECG image answers (4 rhythms)?"),
+    "probe-image": ("pulse_jax.probe", "can a model learn a question only the ECG image answers (rhythm, conduction)?"),
 }
 
 

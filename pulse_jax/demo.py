@@ -144,12 +144,11 @@ def demo(workdir: pathlib.Path, *, records: int, steps: int, seed: int = 0,
       tensors.add_folder(export_dir)
       return read_params(read_config(export_dir, merge_mode=model.merge_mode), tensors)
 
-    reread = exported() if (export_dir / "config.json").is_file() else None
-    if reread is None or not _same_arrays(trained, reread):
+    identical = (export_dir / "config.json").is_file() and _same_arrays(trained, exported())
+    if not identical:
       shutil.rmtree(export_dir, ignore_errors=True)  # none yet, or an earlier run's (fewer steps)
       export_hf(run_dir, export_dir, config=model, default_tokenizer=str(tokenizer_path))
-      reread = exported()
-    identical = _same_arrays(trained, reread)
+      identical = _same_arrays(trained, exported())
     files = sorted(p.name for p in export_dir.iterdir())
     print(f"   {export_dir}: {', '.join(files)}; read back {'bit-identical' if identical else 'DIFFERENT'}")
     if not identical:
@@ -192,8 +191,10 @@ def _summary(report_dir: pathlib.Path, seconds: float) -> int:
   print(metrics.comparison_table([r for modes in report["sets"].values() for r in modes.values()
                                   if "error" not in r]))
   scores = report["sets"].get(DETECTION_SET, {})
-  if "majority" not in scores or "error" in scores.get("strict", {"error": ""}):
-    print(f"\nFAILED: {DETECTION_SET} was not evaluated or could not be scored: {scores.get('strict', {}).get('error')}")
+  strict = scores.get("strict", {"error": "no scores"})
+  if "majority" not in scores or "error" in strict:
+    print(f"\nFAILED: {DETECTION_SET} was not evaluated or could not be scored: "
+          f"{strict.get('error', 'no majority answer')}")
     return 1
   result = verdict(report)
   answer = scores["majority"]["answer"]

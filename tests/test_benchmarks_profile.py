@@ -1,9 +1,9 @@
-"""The benchmarks' shared op-time profile (benchmarks/common.py)."""
+"""The benchmarks' op-time profile (benchmarks/op_profile.py)."""
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import profile_breakdown
+from benchmarks.op_profile import profile_breakdown
 
 
 def test_profile_breakdown_counts_only_the_ops_of_the_step():
