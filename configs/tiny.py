@@ -9,12 +9,15 @@ import ml_collections
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   config = ml_collections.ConfigDict()
+  # Trained from scratch, so the random init matters: the text initializer_range is 128^-1/2 (unit-gain layers)
+  # instead of Vicuna's 0.02, which at this width shrinks every layer's output ~4x and leaves the LM blind to the
+  # image at the demo's learning rate (README, The demo). The tower follows CLIP's own width-scaled init.
   config.model = ml_collections.ConfigDict(dict(
       vision=dict(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4, image_size=112,
                   patch_size=14, feature_layer=-2, feature_select="default"),
       text=dict(vocab_size=1025, hidden_size=128, intermediate_size=352, num_layers=4, num_heads=4,
                 num_kv_heads=2, head_dim=32, rope_theta=10000.0, rms_norm_eps=1e-5,
-                max_position_embeddings=1024),
+                max_position_embeddings=1024, initializer_range=0.088),
       image_token_id=1024,
       merge_mode="flat",
       # The llava-v1.6 pinpoints scaled to 112 px tiles: 1x2, 2x1, 2x2, 1x3, 3x1 grids, as PULSE.

@@ -282,3 +282,39 @@ def test_causal_block_skipping_is_exact(length):
   mask = jnp.tril(jnp.ones((length, length), bool))[None] & jnp.asarray(valid)[:, None, :]
   np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, mask, block=128)),
                              np.asarray(attention(q, k, v, mask)), atol=1e-5, rtol=0)
+
+
+def test_random_init_follows_transformers(tmp_path):
+  """A model built from a config starts as transformers would build it: the tower with CLIPVisionModel's
+  width- and depth-scaled scheme, the LM with LlamaForCausalLM's initializer_range, the projector with LLaVA-NeXT's
+  (the text initializer_range) and image_newline at width^-1/2. Compared weight by weight through the HF names."""
+  from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+  from pulse_jax.models import PulseModel
+  vision = CLIPVisionConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
+                            image_size=64, patch_size=8, initializer_factor=1.5)
+  text = LlamaConfig(vocab_size=256, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, initializer_range=0.07)
+  config = hf.config_from_hf({"model_type": "llava_next", "vision_config": vision.to_dict(),
+                              "text_config": text.to_dict(), "image_token_index": 255,
+                              "image_grid_pinpoints": [[64, 128], [128, 64]]})
+  assert (config.vision.initializer_factor, config.text.initializer_range) == (1.5, 0.07)
+  torch.manual_seed(0)
+  theirs = {f"model.vision_tower.{name.removeprefix('vision_model.')}": p
+            for name, p in CLIPVisionModel(vision).named_parameters()}
+  theirs |= {name.replace("model.", "model.language_model.", 1): p
+             for name, p in LlamaForCausalLM(text).named_parameters()}
+  ours = dict(hf.hf_tensors(nnx.to_pure_dict(nnx.state(PulseModel(config, rngs=nnx.Rngs(0))))))
+  compared = 0
+  for name, value in ours.items():
+    if "norm" in name or "layrnorm" in name or name.endswith(".bias"):  # ones and zeros, exactly
+      np.testing.assert_array_equal(value, to_numpy(theirs.get(name, torch.zeros(value.shape))), err_msg=name)
+      continue
+    # Two std estimates from `size` draws each agree within 3 / sqrt(size) (3 sigma of their relative difference).
+    want = {"model.image_newline": 96**-0.5}.get(name, 0.07) if name not in theirs else float(
+        torch.std(theirs[name].detach()))
+    assert np.std(value) == pytest.approx(want, rel=3 / np.sqrt(value.size)), (name, want)
+    compared += 1
+  # 6 kernels per tower layer, 7 per LM layer, 3 tower embeddings, token embeddings, lm_head, 2 projector kernels,
+  # image_newline
+  assert compared == 3 * 6 + 2 * 7 + 3 + 2 + 2 + 1

@@ -123,7 +123,8 @@ def vision_config_from_hf(vision: Mapping, **fields) -> VisionConfig:
       num_layers=vision.get("num_hidden_layers", 12), num_heads=vision.get("num_attention_heads", 12),
       image_size=vision.get("image_size", 224), patch_size=vision.get("patch_size", 32),
       num_channels=vision.get("num_channels", 3), layer_norm_eps=vision.get("layer_norm_eps", 1e-5),
-      hidden_act=vision.get("hidden_act", "quick_gelu"), **fields)
+      hidden_act=vision.get("hidden_act", "quick_gelu"), initializer_range=vision.get("initializer_range", 0.02),
+      initializer_factor=vision.get("initializer_factor", 1.0), **fields)
 
 
 def config_from_hf(hf: dict, *, merge_mode: str = "spatial_unpad", **overrides) -> PulseConfig:
@@ -165,7 +166,8 @@ def config_from_hf(hf: dict, *, merge_mode: str = "spatial_unpad", **overrides) 
           rms_norm_eps=text.get("rms_norm_eps", 1e-6),
           max_position_embeddings=text.get("max_position_embeddings", 2048),
           hidden_act=text.get("hidden_act", "silu"), bos_token_id=text.get("bos_token_id", 1),
-          eos_token_id=text.get("eos_token_id", 2), pad_token_id=text.get("pad_token_id") or 0),
+          eos_token_id=text.get("eos_token_id", 2), pad_token_id=text.get("pad_token_id") or 0,
+          initializer_range=text.get("initializer_range", 0.02)),
       image_token_id=hf.get("image_token_index", hf.get("image_token_id", 32000)),
       merge_mode=merge_mode,
       grid_pinpoints=tuple(tuple(p) for p in pinpoints),
@@ -189,7 +191,8 @@ def config_to_hf(config: PulseConfig) -> dict:
           "model_type": "clip_vision_model", "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
           "num_hidden_layers": v.num_layers, "num_attention_heads": v.num_heads, "image_size": v.image_size,
           "patch_size": v.patch_size, "num_channels": v.num_channels, "layer_norm_eps": v.layer_norm_eps,
-          "hidden_act": v.hidden_act},
+          "hidden_act": v.hidden_act, "initializer_range": v.initializer_range,
+          "initializer_factor": v.initializer_factor},
       "text_config": {
           "model_type": "llama", "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
           "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_layers,
@@ -197,7 +200,7 @@ def config_to_hf(config: PulseConfig) -> dict:
           "rope_parameters": {"rope_theta": t.rope_theta, "rope_type": "default"}, "rms_norm_eps": t.rms_norm_eps,
           "max_position_embeddings": t.max_position_embeddings, "hidden_act": t.hidden_act,
           "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id, "pad_token_id": t.pad_token_id,
-          "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
+          "initializer_range": t.initializer_range, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
   }
 
 

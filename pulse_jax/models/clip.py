@@ -21,10 +21,11 @@ class VisionAttention(nnx.Module):
     v = config.vision
     kw = dict(use_bias=True, param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs)
     self.num_heads, self.head_dim = v.num_heads, v.hidden_size // v.num_heads
-    self.q_proj = dense(v.hidden_size, v.hidden_size, ("vision_embed", "vision_heads"), **kw)
-    self.k_proj = dense(v.hidden_size, v.hidden_size, ("vision_embed", "vision_heads"), **kw)
-    self.v_proj = dense(v.hidden_size, v.hidden_size, ("vision_embed", "vision_heads"), **kw)
-    self.out_proj = dense(v.hidden_size, v.hidden_size, ("vision_heads", "vision_embed"), **kw)
+    std = v.init_stds()
+    project_in = lambda: dense(v.hidden_size, v.hidden_size, ("vision_embed", "vision_heads"), std=std["in_proj"],
+                               **kw)
+    self.q_proj, self.k_proj, self.v_proj = project_in(), project_in(), project_in()
+    self.out_proj = dense(v.hidden_size, v.hidden_size, ("vision_heads", "vision_embed"), std=std["out_proj"], **kw)
 
   def __call__(self, x):
     b, t, e = x.shape
@@ -38,8 +39,9 @@ class VisionMLP(nnx.Module):
     v = config.vision
     kw = dict(use_bias=True, param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs)
     self.act = activation(v.hidden_act)
-    self.fc1 = dense(v.hidden_size, v.intermediate_size, ("vision_embed", "vision_mlp"), **kw)
-    self.fc2 = dense(v.intermediate_size, v.hidden_size, ("vision_mlp", "vision_embed"), **kw)
+    std = v.init_stds()
+    self.fc1 = dense(v.hidden_size, v.intermediate_size, ("vision_embed", "vision_mlp"), std=std["fc1"], **kw)
+    self.fc2 = dense(v.intermediate_size, v.hidden_size, ("vision_mlp", "vision_embed"), std=std["in_proj"], **kw)
 
   def __call__(self, x):
     return self.fc2(self.act(self.fc1(x)))
@@ -70,8 +72,8 @@ class PatchEmbedding(nnx.Module):
     v = config.vision
     self.patch_size, self.dtype = v.patch_size, config.jnp_dtype
     self.kernel = nnx.Param(
-        nnx.initializers.normal(0.02)(rngs.params(), (v.patch_size, v.patch_size, v.num_channels, v.hidden_size),
-                                      config.jnp_param_dtype),
+        nnx.initializers.normal(v.init_stds()["embedding"])(
+            rngs.params(), (v.patch_size, v.patch_size, v.num_channels, v.hidden_size), config.jnp_param_dtype),
         out_sharding=(None, None, None, "vision_embed"))
 
   def __call__(self, pixel_values):
@@ -88,13 +90,15 @@ class VisionEmbeddings(nnx.Module):
 
   def __init__(self, config: PulseConfig, *, rngs: nnx.Rngs):
     v = config.vision
+    std = v.init_stds()
     self.patch_embedding = PatchEmbedding(config, rngs=rngs)
     self.class_embedding = nnx.Param(
-        nnx.initializers.normal(0.02)(rngs.params(), (v.hidden_size,), config.jnp_param_dtype),
+        nnx.initializers.normal(std["class_embedding"])(rngs.params(), (v.hidden_size,), config.jnp_param_dtype),
         out_sharding=("vision_embed",))
     self.position_embedding = nnx.Embed(
         v.patches_per_side**2 + 1, v.hidden_size, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype,
-        embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "vision_embed")), rngs=rngs)
+        embedding_init=nnx.with_partitioning(nnx.initializers.normal(std["embedding"]), (None, "vision_embed")),
+        rngs=rngs)
 
   def __call__(self, pixel_values):
     """pixel_values: [N, C, H, W] (channels-first, as transformers) -> [N, 1 + P, E]."""

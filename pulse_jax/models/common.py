@@ -40,8 +40,9 @@ def sharding_context():
 
 
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
-          param_dtype, dtype, rngs: nnx.Rngs, std: float = 0.02) -> nnx.Linear:
-  """nnx.Linear whose kernel [in, out] carries logical `axes` (the bias takes the output axis)."""
+          param_dtype, dtype, rngs: nnx.Rngs, std: float) -> nnx.Linear:
+  """nnx.Linear whose kernel [in, out] carries logical `axes` (the bias takes the output axis); the kernel starts
+  normal(0, std), the bias at zero."""
   return nnx.Linear(
       in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
       kernel_init=nnx.with_partitioning(nnx.initializers.normal(std), axes),

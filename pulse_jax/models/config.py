@@ -33,6 +33,11 @@ class VisionConfig:
   feature_layer: int = -2
   # "default" drops the CLS token (LLaVA's mm_vision_select_feature = patch); "full" keeps it.
   feature_select: Literal["default", "full"] = "default"
+  # Random initialisation as transformers' CLIPVisionModel: embeddings at initializer_range, the layers scaled by
+  # width and depth (`init_stds`), everything times initializer_factor. Matters only for a tower trained from
+  # scratch (the demo's); PULSE loads CLIP's weights.
+  initializer_range: float = 0.02
+  initializer_factor: float = 1.0
 
   @property
   def patches_per_side(self) -> int:
@@ -48,6 +53,15 @@ class VisionConfig:
     """Encoder layers that must run to produce hidden state `feature_layer` (later layers are skipped)."""
     index = self.feature_layer % (self.num_layers + 1)
     return index
+
+  def init_stds(self) -> dict[str, float]:
+    """Standard deviations of the random initialisation by weight (transformers' CLIPPreTrainedModel scheme):
+    q/k/v and fc2 at width^-1/2 (2 layers)^-1/2, out_proj at width^-1/2, fc1 at (2 width)^-1/2, the class
+    embedding at width^-1/2, patch and position embeddings at initializer_range."""
+    width, factor = self.hidden_size**-0.5, self.initializer_factor
+    depth = (2 * self.num_layers)**-0.5
+    return {"in_proj": width * depth * factor, "out_proj": width * factor, "fc1": (2 * self.hidden_size)**-0.5 * factor,
+            "class_embedding": width * factor, "embedding": self.initializer_range * factor}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +81,9 @@ class TextConfig:
   bos_token_id: int = 1
   eos_token_id: int = 2
   pad_token_id: int = 0
+  # Standard deviation of every random weight (transformers' LlamaConfig.initializer_range; LLaVA-NeXT's projector
+  # uses it too). 0.02 suits widths in the thousands; a model trained from scratch at width w wants about w^-1/2.
+  initializer_range: float = 0.02
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

@@ -66,7 +66,8 @@ class Attention(nnx.Module):
 
   def __init__(self, config: PulseConfig, *, rngs: nnx.Rngs):
     t = config.text
-    kw = dict(use_bias=False, param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs)
+    kw = dict(use_bias=False, param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs,
+              std=t.initializer_range)
     self.num_heads, self.num_kv_heads, self.head_dim, self.rope_theta = (
         t.num_heads, t.num_kv_heads, t.head_dim, t.rope_theta)
     self.q_proj = dense(t.hidden_size, t.num_heads * t.head_dim, ("embed", "heads"), **kw)
@@ -100,7 +101,8 @@ class MLP(nnx.Module):
 
   def __init__(self, config: PulseConfig, *, rngs: nnx.Rngs):
     t = config.text
-    kw = dict(use_bias=False, param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs)
+    kw = dict(use_bias=False, param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs,
+              std=t.initializer_range)
     self.act = activation(t.hidden_act)
     self.gate_proj = dense(t.hidden_size, t.intermediate_size, ("embed", "mlp"), **kw)
     self.up_proj = dense(t.hidden_size, t.intermediate_size, ("embed", "mlp"), **kw)
@@ -147,7 +149,8 @@ class LlamaModel(nnx.Module):
     self.config = config
     self.embed_tokens = nnx.Embed(
         t.vocab_size, t.hidden_size, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype,
-        embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")), rngs=rngs)
+        embedding_init=nnx.with_partitioning(nnx.initializers.normal(t.initializer_range), ("vocab", "embed")),
+        rngs=rngs)
 
     @nnx.split_rngs(splits=t.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -207,7 +210,8 @@ class LlamaForCausalLM(nnx.Module):
       t = config.text
       self.model = LlamaModel(config, rngs=rngs)
       self.lm_head = dense(t.hidden_size, t.vocab_size, ("embed", "vocab"), use_bias=False,
-                           param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs)
+                           param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype, rngs=rngs,
+                           std=t.initializer_range)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.model.embed_tokens(input_ids)

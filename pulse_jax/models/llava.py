@@ -33,7 +33,7 @@ class Projector(nnx.Module):
 
   def __init__(self, config: PulseConfig, *, rngs: nnx.Rngs):
     kw = dict(use_bias=config.projector_bias, param_dtype=config.jnp_param_dtype, dtype=config.jnp_dtype,
-              rngs=rngs)
+              rngs=rngs, std=config.text.initializer_range)  # as transformers' LLaVA-NeXT
     self.act = activation(config.projector_hidden_act)
     self.linear_1 = dense(config.vision.hidden_size, config.text.hidden_size, ("vision_embed", "mlp"), **kw)
     self.linear_2 = dense(config.text.hidden_size, config.text.hidden_size, ("mlp", "embed"), **kw)
