@@ -200,7 +200,8 @@ def config_to_hf(config: PulseConfig) -> dict:
           "rope_parameters": {"rope_theta": t.rope_theta, "rope_type": "default"}, "rms_norm_eps": t.rms_norm_eps,
           "max_position_embeddings": t.max_position_embeddings, "hidden_act": t.hidden_act,
           "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id, "pad_token_id": t.pad_token_id,
-          "initializer_range": t.initializer_range, "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False},
+          "initializer_range": t.initializer_range, "tie_word_embeddings": False, "attention_bias": False,
+          "mlp_bias": False},
   }
 
 
