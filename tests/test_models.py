@@ -284,7 +284,7 @@ def test_causal_block_skipping_is_exact(length):
                              np.asarray(attention(q, k, v, mask)), atol=1e-5, rtol=0)
 
 
-def test_random_init_follows_transformers(tmp_path):
+def test_random_init_follows_transformers():
   """A model built from a config starts as transformers would build it: the tower with CLIPVisionModel's
   width- and depth-scaled scheme, the LM with LlamaForCausalLM's initializer_range, the projector with LLaVA-NeXT's
   (the text initializer_range) and image_newline at width^-1/2. Compared weight by weight through the HF names."""
@@ -304,6 +304,9 @@ def test_random_init_follows_transformers(tmp_path):
             for name, p in CLIPVisionModel(vision).named_parameters()}
   theirs |= {name.replace("model.", "model.language_model.", 1): p
              for name, p in LlamaForCausalLM(text).named_parameters()}
+  expected_std = {name: float(torch.std(p.detach())) for name, p in theirs.items()}
+  expected_std |= {"model.multi_modal_projector.linear_1.weight": 0.07,
+                   "model.multi_modal_projector.linear_2.weight": 0.07, "model.image_newline": 96**-0.5}
   ours = dict(hf.hf_tensors(nnx.to_pure_dict(nnx.state(PulseModel(config, rngs=nnx.Rngs(0))))))
   compared = 0
   for name, value in ours.items():
@@ -311,8 +314,7 @@ def test_random_init_follows_transformers(tmp_path):
       np.testing.assert_array_equal(value, to_numpy(theirs.get(name, torch.zeros(value.shape))), err_msg=name)
       continue
     # Two std estimates from `size` draws each agree within 3 / sqrt(size) (3 sigma of their relative difference).
-    want = {"model.image_newline": 96**-0.5}.get(name, 0.07) if name not in theirs else float(
-        torch.std(theirs[name].detach()))
+    want = expected_std[name]
     assert np.std(value) == pytest.approx(want, rel=3 / np.sqrt(value.size)), (name, want)
     compared += 1
   # 6 kernels per tower layer, 7 per LM layer, 3 tower embeddings, token embeddings, lm_head, 2 projector kernels,
