@@ -22,6 +22,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       merge_mode="flat",
       # The llava-v1.6 pinpoints scaled to 112 px tiles: 1x2, 2x1, 2x2, 1x3, 3x1 grids, as PULSE.
       grid_pinpoints=((112, 224), (224, 112), (224, 224), (336, 112), (112, 336)),
+      # Pixels normalised with the statistics of the ECG pages themselves (synthetic 12-lead sheets, standard and
+      # augmented, as 112 px global views), not CLIP's: a page is ~94% white paper, which CLIP's statistics leave
+      # as a large input common to every patch, and a tower trained from scratch then never learns to see the
+      # traces (README, The demo). tests/test_config.py measures them again.
+      image_mean=(0.94, 0.87, 0.85), image_std=(0.08, 0.09, 0.10),
       param_dtype="float32",
       dtype="float32",
       remat="none",

@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("pulse_jax.ecg.render", "render one record as a paper-ECG image"),
     "train-tokenizer": ("pulse_jax.data.tokenizer", "train a small LLaMA-style SentencePiece tokenizer on text"),
     "build-data": ("pulse_jax.data.build", "build ECGInstruct / ECGBench (TFDS array_record) from a config"),
+    "pretrain-tower": ("pulse_jax.pretrain_tower", "pretrain a from-scratch vision tower on synthetic ECG sheets "
+                       "(the tiny model's stand-in for CLIP)"),
     "train": ("pulse_jax.train", "train or resume PULSE on a device mesh (CPU, GPUs, TPU pod) from a config"),
     "plan": ("pulse_jax.plan", "will a config fit on a TPU slice, and how fast: ahead-of-time compile via libtpu"),
     "eval": ("pulse_jax.evaluate", "generate and score ECGBench answers (resumable), write the report"),

@@ -66,7 +66,7 @@ from pulse_jax.convert import hf
 from pulse_jax.data import pipeline
 from pulse_jax.data.conversation import encode_prompt
 from pulse_jax.data.examples import conversations_of, decode_text
-from pulse_jax.data.image_processor import ImageProcessorConfig, load_image, preprocess
+from pulse_jax.data.image_processor import for_model, load_image, preprocess
 from pulse_jax.data.tokenizer import IMAGE_TOKEN, MODEL_FILE_NAME, Tokenizer
 from pulse_jax.ecg.skips import SkipCounter
 from pulse_jax.errors import ConfigError, DataError, ImageError
@@ -316,8 +316,7 @@ class ModelImage:
 
 def model_image(image: Image.Image, config: PulseConfig, name: str) -> ModelImage:
   """The anyres views of a decoded image, padded to config.max_views, with its layout and placeholder count."""
-  processed = preprocess(image, ImageProcessorConfig(tile_size=config.vision.image_size,
-                                                     grid_pinpoints=config.grid_pinpoints), name=name)
+  processed = preprocess(image, for_model(config), name=name)
   pixel_values = np.zeros((config.max_views, *processed.pixel_values.shape[1:]), np.float32)
   pixel_values[:len(processed.pixel_values)] = processed.pixel_values
   return ModelImage(pixel_values, feature_layout(np.array([processed.image_size]), config)[0],

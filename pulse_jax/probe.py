@@ -2,16 +2,19 @@
 
 The demo's model must learn to read rhythm off rendered pages and learn ECGInstruct's language at once; this
 probe takes the language away to measure the first alone. It renders --pages synthetic 12-lead pages of 4 classes
-in turn (every other page augmented), puts each behind the same fixed prompt (<s>, the image placeholders, 12
-fixed token ids) and trains the whole model of --config (the trainer's make_train_step, its optimizer, schedule
-and frozen filter, on one device) to answer with one of 4 token ids. --question picks the classes (QUESTIONS):
-'rhythm' (sinus rhythm, sinus tachycardia, sinus bradycardia, atrial fibrillation: the rate and regularity of the
-beats) or 'conduction' (sinus rhythm plain, with 1st-degree AV block, RBBB or LBBB: the PR interval and the QRS
-shape, tens of milliseconds on the page). Every --eval-every steps it prints the
-training loss and the accuracy on --held-out pages it never trains on (rendered from other seeds; chance 25%).
+in turn (pulse_jax.synthetic_pages; alternate rounds of 4 augmented, see `augmented`), puts each behind the same
+fixed prompt (<s>, the image placeholders, 12 fixed token ids) and trains the model of --config (the trainer's
+make_train_step, its optimizer, schedule and frozen filter, on one device; initialised from
+checkpoint.init_from when the config names one, e.g. a tower from `pulse-jax pretrain-tower`) to answer with one
+of 4 token ids. --question picks the classes (QUESTIONS): 'rhythm' (sinus rhythm, sinus tachycardia, sinus
+bradycardia, atrial fibrillation: the rate and regularity of the beats) or 'conduction' (sinus rhythm plain, with
+1st-degree AV block, RBBB or LBBB: the PR interval and the QRS shape, tens of milliseconds on the page). Every
+--eval-every steps it prints the training loss and the accuracy on --held-out pages it never trains on (rendered
+from other seeds; chance 25%).
 
   pulse-jax probe-image [--config configs/tiny.py] [--demo-model] [--question rhythm|conduction]
-      [--config.train.learning_rate=3e-4] [--pages 4000] [--held-out 400] [--steps 1500] [--eval-every 250]
+      [--config.train.learning_rate=3e-4] [--config.train.frozen=''] [--config.checkpoint.init_from=DIR]
+      [--pages 4000] [--held-out 400] [--steps 1500] [--eval-every 250]
 
 --demo-model applies the demo's overrides first (pulse_jax.demo.DEMO_OVERRIDES: the tower trained, 128 wide over
 28 px patches, spatial_unpad; its learning rate), so the probe measures the model `pulse-jax demo` trains.
@@ -21,7 +24,6 @@ loss of the 2 target tokens (answer and </s>) is ln(4) / 2 = 0.69 until the imag
 """
 
 import argparse
-import dataclasses
 import time
 
 import jax
@@ -30,14 +32,14 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pulse_jax import parallel, train
+from pulse_jax import checkpoint, parallel, synthetic_pages, train
 from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
-from pulse_jax.data.image_processor import ImageProcessorConfig, preprocess
 from pulse_jax.demo import DEMO_OVERRIDES
-from pulse_jax.ecg import render, synth
+from pulse_jax.ecg import synth
 from pulse_jax.errors import ConfigError
 from pulse_jax.models import PulseModel, feature_layout, num_image_tokens
 from pulse_jax.models.config import PulseConfig
+from pulse_jax.synthetic_pages import Pages
 
 # Each question's 4 classes, as the synthetic ECGs that show them.
 QUESTIONS: dict[str, tuple[synth.EcgSpec, ...]] = {
@@ -53,33 +55,23 @@ BOS, EOS = 1, 2
 HELD_OUT_SEED = 1_000_000  # held-out pages are synthesised and rendered from seeds past every training page's
 
 
-@dataclasses.dataclass(frozen=True)
-class Pages:
-  """Rendered pages and their class: pixel_values float16[N, V, 3, S, S] (float16 halves the host memory of
-  thousands of pages; the step casts to the model's dtype), image_sizes int[N, 2], labels int[N] (the index of
-  the page's class in its question)."""
-  pixel_values: np.ndarray
-  image_sizes: np.ndarray
-  labels: np.ndarray
+def augmented(page: int) -> bool:
+  """Whether page `page` is rendered augmented: alternate rounds of CLASSES pages, so that each class has as many
+  augmented pages as plain ones (augmenting every other page would augment exactly the odd classes, and the
+  model would score 50% by telling augmented pages from plain ones)."""
+  return bool(page // CLASSES % 2)
 
 
 def render_pages(count: int, config: PulseConfig, *, first_seed: int, question: str = "rhythm",
                  progress: bool = False) -> Pages:
-  """`count` pages cycling through QUESTIONS[question], page i synthesised and rendered from seed first_seed + i."""
+  """`count` pages cycling through QUESTIONS[question], page i synthesised and rendered from seed first_seed + i;
+  labels int[count] are each page's class index in its question."""
   if question not in QUESTIONS:
     raise ConfigError(f"unknown question {question!r}; expected one of {', '.join(QUESTIONS)}")
-  processor = ImageProcessorConfig(tile_size=config.vision.image_size, grid_pinpoints=config.grid_pinpoints)
-  tile = config.vision.image_size
-  pixel_values = np.zeros((count, config.max_views, 3, tile, tile), np.float16)
-  sizes, labels = np.zeros((count, 2), np.int32), np.arange(count) % CLASSES
-  for i in tqdm(range(count), desc="render", disable=not progress):
-    seed = first_seed + i
-    record = synth.synthesize(QUESTIONS[question][labels[i]], seed=seed)
-    page = render.render_page(record, augment=bool(i % 2), seed=seed, dpi=100).image.convert("RGB")
-    image = preprocess(page, processor, name=f"probe page {i}")
-    pixel_values[i, :len(image.pixel_values)] = image.pixel_values
-    sizes[i] = image.image_size
-  return Pages(pixel_values=pixel_values, image_sizes=sizes, labels=labels)
+  labels = np.arange(count) % CLASSES
+  return synthetic_pages.render_pages([QUESTIONS[question][label] for label in labels], labels,
+                                      [augmented(i) for i in range(count)], config, first_seed=first_seed,
+                                      progress=progress)
 
 
 def make_batch(pages: Pages, rows: np.ndarray, config: PulseConfig, seq_len: int) -> dict[str, np.ndarray]:
@@ -123,7 +115,12 @@ def probe(config, *, pages: int, held_out: int, steps: int, eval_every: int, que
       model_cfg, mesh, rules=parallel.logical_rules(config.mesh.rules),
       tx=train.make_optimizer(config.train, steps), schedule=train.learning_rate_schedule(config.train, steps),
       frozen=config.train.frozen, global_batch=batch_size, seq_len=seq_len)
-  state = fns.init(jnp.int32(config.train.seed))
+  if config.checkpoint.init_from:  # e.g. a tower from `pulse-jax pretrain-tower`
+    params, source = checkpoint.load_params(config.checkpoint.init_from, model_cfg, fns.state_shardings["params"])
+    state = fns.init_from_params(params)
+    print(f"initialised from {source}", flush=True)
+  else:
+    state = fns.init(jnp.int32(config.train.seed))
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: PulseModel(model_cfg, rngs=nnx.Rngs(0))))
 
   @jax.jit

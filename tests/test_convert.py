@@ -23,7 +23,7 @@ from pulse_jax.config import model_config  # noqa: E402
 from pulse_jax.convert import hf, llava_original, orbax_params  # noqa: E402
 from pulse_jax.convert.cli import export_hf, import_hf, parse_size  # noqa: E402
 from pulse_jax.data.conversation import encode_prompt, render_prompt  # noqa: E402
-from pulse_jax.data.image_processor import ImageProcessorConfig, preprocess  # noqa: E402
+from pulse_jax.data.image_processor import for_model, preprocess  # noqa: E402
 from pulse_jax.errors import ConversionError  # noqa: E402
 from pulse_jax.models import VisionConfig, feature_layout, num_image_tokens  # noqa: E402
 from tests.hf_oracle import SPECS, tiny_llava_next, to_numpy  # noqa: E402
@@ -96,8 +96,7 @@ def _image() -> Image.Image:
 def _our_inputs(config, tokenizer):
   """(prompt ids, pixel values [1, V, 3, S, S], layout [1, F]) of QUESTION about _image(), as pulse-jax makes them."""
   image = _image()
-  views = preprocess(image, ImageProcessorConfig(tile_size=config.vision.image_size,
-                                                 grid_pinpoints=config.grid_pinpoints)).pixel_values
+  views = preprocess(image, for_model(config)).pixel_values
   pixels = np.zeros((1, config.max_views, *views.shape[1:]), np.float32)
   pixels[0, :len(views)] = views
   prompt = encode_prompt([{"from": "human", "value": f"<image>\n{QUESTION}"}], tokenizer,
@@ -207,6 +206,25 @@ def test_auto_processor_and_generate_equal_ours(converted, ours, tokenizer):
                                     eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
   assert len(generated) > steps // 2  # a real answer, not an immediate eos
   assert tokens[0, :lengths[0]].tolist() == generated
+
+
+def test_pixel_statistics_travel_with_the_export(ours, tokenizer, tmp_path):
+  """A model normalising with its own statistics (configs/tiny.py's ECG-page ones) exports them in
+  preprocessor_config.json, where AutoProcessor and `convert from-hf` find them; LLaVA, which normalises with its
+  CLIP tower's, is refused."""
+  _, config = ours
+  config = config.replace(image_mean=(0.94, 0.87, 0.85), image_std=(0.08, 0.09, 0.10))
+  orbax_params.save(tmp_path / "ckpt", _random_params(config, seed=5), config)
+  assert _convert("to-hf", tmp_path / "ckpt", "--out", tmp_path / "hf", "--tokenizer", tokenizer.path) == 0
+  processor = transformers.AutoProcessor.from_pretrained(tmp_path / "hf")
+  _, pixels, _ = _our_inputs(config, tokenizer)
+  np.testing.assert_allclose(processor.image_processor(_image(), return_tensors="np")["pixel_values"][0],
+                             pixels[0, :3], atol=1e-4)
+  assert hf.read_config(tmp_path / "hf").image_mean == config.image_mean
+  assert _convert("from-hf", tmp_path / "hf", "--out", tmp_path / "back") == 0
+  assert orbax_params.restore(tmp_path / "back")[1].image_std == config.image_std
+  with pytest.raises(ConversionError, match="LLaVA normalises images with its CLIP tower's statistics"):
+    llava_original.config_to_llava(config, "openai/clip-vit-large-patch14-336")
 
 
 def test_flat_models_are_refused_by_to_hf(source, tmp_path, capsys):

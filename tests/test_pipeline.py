@@ -21,7 +21,7 @@ from pulse_jax.data import pipeline, released
 from pulse_jax.data.builder import EcgBuilderConfig
 from pulse_jax.data.conversation import encode_conversation
 from pulse_jax.data.examples import conversations_of, decode_text
-from pulse_jax.data.image_processor import ImageProcessorConfig, load_image, preprocess
+from pulse_jax.data.image_processor import for_model, load_image, preprocess
 from pulse_jax.data.tokenizer import Tokenizer, train_tokenizer
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.llava import feature_layout, num_image_tokens
@@ -72,7 +72,7 @@ def test_batches_meet_the_contract(setup):
   assert batches.epoch_size == sum(len(examples[split]) for split in SPLITS)
   tokenizer = Tokenizer(data["tokenizer"])
   by_hash = {pipeline.example_hash(i): e for split in SPLITS for i, e in examples[split].items()}
-  image_config = ImageProcessorConfig(tile_size=config.vision.image_size, grid_pinpoints=config.grid_pinpoints)
+  image_config = for_model(config)
   lengths = set()
   for batch in take(batches, 3):
     t = batch["input_ids"].shape[1]

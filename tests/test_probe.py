@@ -20,6 +20,10 @@ def test_each_page_has_one_answer_which_only_its_image_gives(demo_config):
   pages = probe.render_pages(5, model, first_seed=0)
   assert pages.labels.tolist() == [0, 1, 2, 3, 0]  # the rhythms in turn
   assert np.abs(pages.pixel_values[:, 0]).max() > 0  # every page has its global view
+  # Augmentation must not tell the classes apart: every class has as many augmented pages as plain ones.
+  augmented = np.array([probe.augmented(page) for page in range(8 * probe.CLASSES)])
+  for label in range(probe.CLASSES):
+    assert augmented[label::probe.CLASSES].mean() == 0.5
 
   batch = probe.make_batch(pages, np.array([3, 1]), model, seq_len=128)
   for row, page in enumerate([3, 1]):

@@ -206,11 +206,15 @@ def config_to_hf(config: PulseConfig) -> dict:
 
 
 def read_config(folder: pathlib.Path, *, merge_mode: str = "spatial_unpad", **overrides) -> PulseConfig:
-  """The PulseConfig of a LLaVA-NeXT folder's config.json (see config_from_hf)."""
+  """The PulseConfig of a LLaVA-NeXT folder's config.json (see config_from_hf), with the pixel statistics of its
+  preprocessor_config.json where it has one (CLIP's otherwise, as LlavaNextImageProcessor's defaults)."""
   config_file = folder / "config.json"
   if not config_file.is_file():
     raise ConversionError(f"{folder}: no config.json")
-  return config_from_hf(json.loads(config_file.read_text()), merge_mode=merge_mode, **overrides)
+  processor_file = folder / "preprocessor_config.json"
+  processor = json.loads(processor_file.read_text()) if processor_file.is_file() else {}
+  statistics = {field: processor[field] for field in ("image_mean", "image_std") if field in processor}
+  return config_from_hf(json.loads(config_file.read_text()), merge_mode=merge_mode, **{**statistics, **overrides})
 
 
 # --------------------------------------------------------------------------------------------------- reading

@@ -23,7 +23,7 @@ import sentencepiece as spm
 from PIL import Image
 
 from pulse_jax.data.conversation import ROLES, SEP, SEP2, SYSTEM_PROMPT
-from pulse_jax.data.image_processor import ImageProcessorConfig
+from pulse_jax.data.image_processor import for_model
 from pulse_jax.data.tokenizer import IMAGE_TOKEN, MODEL_FILE_NAME, Tokenizer
 from pulse_jax.models.config import PulseConfig
 
@@ -115,7 +115,7 @@ def write_tokenizer(folder: pathlib.Path, tokenizer: Tokenizer, config: PulseCon
 def write_processor(folder: pathlib.Path, config: PulseConfig) -> None:
   """preprocessor_config.json, processor_config.json and chat_template.jinja of a LlavaNextProcessor."""
   tile = config.vision.image_size
-  images = ImageProcessorConfig(tile_size=tile, grid_pinpoints=config.grid_pinpoints)
+  images = for_model(config)
   _write_json(folder / "preprocessor_config.json", {
       "image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextProcessor",
       "image_grid_pinpoints": [list(p) for p in images.grid_pinpoints],

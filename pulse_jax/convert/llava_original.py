@@ -28,7 +28,7 @@ import pathlib
 from collections.abc import Mapping
 
 from pulse_jax.convert import hf
-from pulse_jax.data.image_processor import pinpoints_from_llava
+from pulse_jax.data.image_processor import CLIP_MEAN, CLIP_STD, pinpoints_from_llava
 from pulse_jax.data.tokenizer import MODEL_FILE_NAME, Tokenizer
 from pulse_jax.errors import ConversionError
 from pulse_jax.models.config import PulseConfig, VisionConfig
@@ -145,6 +145,10 @@ def config_to_llava(config: PulseConfig, vision_tower: str) -> dict:
   if config.projector_hidden_act != "gelu" or not config.projector_bias:
     raise ConversionError(f"LLaVA's mlp2x_gelu projector is exact GELU with biases; this model's projector uses "
                           f"{config.projector_hidden_act!r}, bias={config.projector_bias}")
+  if (config.image_mean, config.image_std) != (CLIP_MEAN, CLIP_STD):
+    raise ConversionError(f"LLaVA normalises images with its CLIP tower's statistics; this model expects "
+                          f"image_mean {config.image_mean}, image_std {config.image_std} (export it with "
+                          "`convert to-hf`, whose preprocessor_config.json carries them)")
   text = dict(hf.config_to_hf(config)["text_config"])
   del text["model_type"]
   rope = text.pop("rope_parameters")

@@ -36,15 +36,20 @@ import dataclasses
 import io
 import math
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from pulse_jax.errors import ConfigError, ImageError
 
+if TYPE_CHECKING:
+  from pulse_jax.models.config import PulseConfig
+
+# The RGB statistics of CLIP's training images, with which every CLIP tower (and so LLaVA and PULSE) normalises.
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
 
 # `image_grid_pinpoints` exactly as llava-v1.6's config.json writes it, which LLaVA reads as (width, height).
 LLAVA_V16_GRID_PINPOINTS_WH: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 672), (1008, 336),
@@ -102,6 +107,12 @@ class ImageProcessorConfig:
                         f"{', '.join(name.lower() for name in Image.Resampling.__members__)}")
     if self.transparency not in ("white", "drop"):
       raise ConfigError(f"image processor: transparency must be 'white' or 'drop', got {self.transparency!r}")
+
+
+def for_model(config: "PulseConfig") -> ImageProcessorConfig:
+  """The processing a model expects: its tower's tile size, its grid pinpoints and its pixel statistics."""
+  return ImageProcessorConfig(tile_size=config.vision.image_size, grid_pinpoints=config.grid_pinpoints,
+                              image_mean=config.image_mean, image_std=config.image_std)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -50,7 +50,7 @@ from jax.experimental import multihost_utils
 
 from pulse_jax.data.conversation import encode_conversation
 from pulse_jax.data.examples import conversations_of, decode_text
-from pulse_jax.data.image_processor import ImageProcessorConfig, load_image, preprocess
+from pulse_jax.data.image_processor import for_model, load_image, preprocess
 from pulse_jax.data.tokenizer import Tokenizer
 from pulse_jax.ecg.skips import SkipCounter
 from pulse_jax.errors import ConfigError, DataError, ImageError
@@ -120,8 +120,7 @@ class PreprocessExample:
     self.config = config
     self.tokenizer_path = tokenizer_path
     self.seq_len = seq_len
-    self.image_config = ImageProcessorConfig(tile_size=config.vision.image_size,
-                                             grid_pinpoints=config.grid_pinpoints)
+    self.image_config = for_model(config)
     self.skipped = SkipCounter()
 
   @functools.cached_property

@@ -10,6 +10,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+from pulse_jax.data.image_processor import CLIP_MEAN, CLIP_STD
 from pulse_jax.errors import ConfigError
 
 MergeMode = Literal["flat", "spatial_unpad"]
@@ -98,6 +99,8 @@ class PulseConfig:
     merge_mode: "flat" (what PULSE-7B really uses: global view + tiles concatenated, no image_newline) or
       "spatial_unpad" (llava-v1.6's default and the only mode transformers' LLaVA-NeXT implements).
     grid_pinpoints: candidate anyres resolutions as (height, width).
+    image_mean, image_std: per-channel RGB statistics that [0, 1] pixels are normalised with: CLIP's for a CLIP
+      tower; a tower trained from scratch on ECG pages wants the pages' own (configs/tiny.py says why).
     image_token_id: the placeholder id; the prompt holds one placeholder per image feature token.
     param_dtype / dtype: storage dtype of parameters and compute dtype of activations.
     remat: rematerialisation policy for the decoder layers in training.
@@ -107,6 +110,8 @@ class PulseConfig:
   image_token_id: int = 32000
   merge_mode: MergeMode = "flat"
   grid_pinpoints: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+  image_mean: tuple[float, float, float] = CLIP_MEAN
+  image_std: tuple[float, float, float] = CLIP_STD
   projector_hidden_act: str = "gelu"
   projector_bias: bool = True
   param_dtype: str = "float32"
@@ -119,6 +124,12 @@ class PulseConfig:
         raise ConfigError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
     if self.merge_mode not in ("flat", "spatial_unpad"):
       raise ConfigError(f"merge_mode must be 'flat' or 'spatial_unpad', got {self.merge_mode!r}")
+    # Accept lists (config files, JSON) but store tuples so that the config stays hashable.
+    object.__setattr__(self, "image_mean", tuple(float(m) for m in self.image_mean))
+    object.__setattr__(self, "image_std", tuple(float(s) for s in self.image_std))
+    if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+      raise ConfigError(f"image_mean and image_std must be 3 values each, the stds positive; got {self.image_mean}, "
+                        f"{self.image_std}")
     for h, w in self.grid_pinpoints:
       if h % self.vision.image_size or w % self.vision.image_size:
         raise ConfigError(f"grid pinpoint {(h, w)} is not a multiple of the tile size {self.vision.image_size}")

@@ -1,0 +1,56 @@
+"""`pulse-jax pretrain-tower`: sheets, the tower classifier and the checkpoint it hands to training."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from pulse_jax import cli, probe, pretrain_tower
+from pulse_jax.config import apply_overrides, load_config, model_config
+from pulse_jax.convert import orbax_params
+from pulse_jax.demo import DEMO_OVERRIDES
+from pulse_jax.models import PulseModel
+
+
+@pytest.fixture(scope="module")
+def demo_config():
+  return apply_overrides(load_config("configs/tiny.py"), list(DEMO_OVERRIDES))
+
+
+def test_sheets_show_every_possible_pair_with_augmentation_independent_of_it(demo_config):
+  pages = pretrain_tower.draw_pages(24, model_config(demo_config.model), first_seed=0)
+  assert pages.labels.shape == (24, 2) and pages.pixel_values.shape[0] == 24
+  pairs = {(pretrain_tower.RHYTHMS[r], c) for r, c in pages.labels}
+  assert not pairs & pretrain_tower._EXCLUDED and len(pairs) > 6
+  again = pretrain_tower.draw_pages(24, model_config(demo_config.model), first_seed=0)
+  np.testing.assert_array_equal(again.pixel_values, pages.pixel_values)  # deterministic in the seed
+
+
+@pytest.mark.slow
+def test_pretraining_changes_only_the_tower_and_writes_a_model_for_init_from(demo_config, tmp_path, capsys):
+  model_cfg = model_config(demo_config.model)
+  params, results = pretrain_tower.pretrain(demo_config, pages=8, held_out=4, steps=2, batch=4,
+                                            learning_rate=1e-3, eval_every=1)
+  assert [r["step"] for r in results] == [1, 2] and all(np.isfinite(r["loss"]) for r in results)
+  fresh = nnx.to_pure_dict(nnx.state(PulseModel(model_cfg, rngs=nnx.Rngs(0)), nnx.Param))
+  tower = params["vision_tower"]["embeddings"]["patch_embedding"]["kernel"]
+  assert not np.allclose(tower, fresh["vision_tower"]["embeddings"]["patch_embedding"]["kernel"])
+  np.testing.assert_array_equal(params["language_model"]["lm_head"]["kernel"],
+                                fresh["language_model"]["lm_head"]["kernel"])
+
+  assert cli.main(["pretrain-tower", "--demo-model", "--out", str(tmp_path / "tower"), "--pages", "4",
+                   "--held-out", "2", "--steps", "1", "--batch", "4"]) == 0
+  assert "held-out accuracy rhythm" in capsys.readouterr().out
+  restored, config, _ = orbax_params.restore(tmp_path / "tower")
+  assert config == model_cfg and restored["vision_tower"]["embeddings"]["patch_embedding"]["kernel"].shape == \
+      tower.shape
+  # probe-image starts from it when the config names it (and keeps it frozen when told to).
+  probe_config = apply_overrides(demo_config, [f"checkpoint.init_from='{tmp_path / 'tower'}'",
+                                               "train.frozen='^vision_tower/'"])
+  probe.probe(probe_config, pages=12, held_out=4, steps=1, eval_every=1)
+  assert f"initialised from {tmp_path / 'tower'}" in capsys.readouterr().out
+
+
+def test_bad_sizes_are_config_errors(demo_config):
+  from pulse_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match="pretrain-tower needs --pages >= --batch"):
+    pretrain_tower.pretrain(demo_config, pages=2, held_out=1, steps=1, batch=4, learning_rate=1e-3, eval_every=1)
