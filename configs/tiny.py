@@ -10,8 +10,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   config = ml_collections.ConfigDict()
   # Trained from scratch, so the random init matters: the text initializer_range is 128^-1/2 (unit-gain layers)
-  # instead of Vicuna's 0.02, which at this width shrinks every layer's output ~4x and leaves the LM blind to the
-  # image at the demo's learning rate (README, The demo). The tower follows CLIP's own width-scaled init.
+  # instead of Vicuna's 0.02, which at this width shrinks every layer's output ~4x and so the image's features
+  # on their way to the loss (README, The demo). The tower follows CLIP's own width-scaled init.
   config.model = ml_collections.ConfigDict(dict(
       vision=dict(hidden_size=64, intermediate_size=128, num_layers=3, num_heads=4, image_size=112,
                   patch_size=14, feature_layer=-2, feature_select="default"),

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pulse_jax import cli, probe, pretrain_tower
+from pulse_jax import cli, pretrain_tower, probe
 from pulse_jax.config import apply_overrides, load_config, model_config
 from pulse_jax.convert import orbax_params
 from pulse_jax.demo import DEMO_OVERRIDES
+from pulse_jax.errors import ConfigError
 from pulse_jax.models import PulseModel
 
 
@@ -51,6 +52,5 @@ def test_pretraining_changes_only_the_tower_and_writes_a_model_for_init_from(dem
 
 
 def test_bad_sizes_are_config_errors(demo_config):
-  from pulse_jax.errors import ConfigError
   with pytest.raises(ConfigError, match="pretrain-tower needs --pages >= --batch"):
     pretrain_tower.pretrain(demo_config, pages=2, held_out=1, steps=1, batch=4, learning_rate=1e-3, eval_every=1)
