@@ -52,7 +52,7 @@ def draw_pages(count: int, config: PulseConfig, *, first_seed: int, progress: bo
   labels = np.array([pairs[i] for i in rng.integers(0, len(pairs), count)]).reshape(count, 2)
   specs = [synth.EcgSpec(rhythm=RHYTHMS[r], findings=CONDUCTION[c]) for r, c in labels]
   return synthetic_pages.render_pages(specs, labels, rng.random(count) < 0.5, config, first_seed=first_seed,
-                                      desc="render", progress=progress)
+                                      progress=progress)
 
 
 class TowerClassifier(nnx.Module):

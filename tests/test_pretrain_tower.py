@@ -17,7 +17,7 @@ def demo_config():
   return apply_overrides(load_config("configs/tiny.py"), list(DEMO_OVERRIDES))
 
 
-def test_sheets_show_every_possible_pair_with_augmentation_independent_of_it(demo_config):
+def test_sheets_show_only_pairs_synth_can_draw_deterministically(demo_config):
   pages = pretrain_tower.draw_pages(24, model_config(demo_config.model), first_seed=0)
   assert pages.labels.shape == (24, 2) and pages.pixel_values.shape[0] == 24
   pairs = {(pretrain_tower.RHYTHMS[r], c) for r, c in pages.labels}

@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-
 # `image_grid_pinpoints` exactly as llava-v1.6's config.json writes it, which LLaVA reads as (width, height).
 LLAVA_V16_GRID_PINPOINTS_WH: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 672), (1008, 336),
                                                            (336, 1008))
