@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source="tfds", num_examples=1_156_110, eval_examples=512, seq_len=4096, seed=0))
   # The released ECGInstruct / ECGBench (`pulse-jax build-data --manual-dir DIR`; from_raw rebuilds them) read by
   # pulse_jax.data.pipeline. mixture weighs ECGInstruct's collections (splits): the paper's ablations P, P+M,
-  # P+M+C set the others to 0. Most examples are 2,880 image + ~300 text tokens: buckets keep padding short.
+  # P+M+C set the others to 0 ("<split>:labelled" keys add a split's label-list questions alone). Most examples
+  # are 2,880 image + ~300 text tokens: buckets keep padding short.
   config.data.update(dict(
       builder="ecg_instruct/released", bench_builder="ecg_bench/released", data_dir="", manual_dir="",
       tokenizer="checkpoints/llava-v1.6-vicuna-7b-hf", mixture=dict(ptbxl=1.0, ecgqa=1.0, mimic=1.0, code15=1.0),

@@ -16,8 +16,10 @@ from other seeds; chance 25%).
       [--config.train.learning_rate=3e-4] [--config.train.frozen=''] [--config.checkpoint.init_from=DIR]
       [--pages 4000] [--held-out 400] [--steps 1500] [--eval-every 250]
 
---demo-model applies the demo's overrides first (pulse_jax.demo.DEMO_OVERRIDES: the tower trained, 128 wide over
-28 px patches, spatial_unpad; its learning rate), so the probe measures the model `pulse-jax demo` trains.
+--demo-model applies the demo's overrides first (pulse_jax.demo.DEMO_OVERRIDES: the tower 128 wide over 28 px
+patches, spatial_unpad; its learning rate), so the probe measures the model `pulse-jax demo` trains, with its tower
+trained from random weights (train.frozen=''; the demo freezes a pretrained one: pass
+--config.checkpoint.init_from=DIR "--config.train.frozen='^vision_tower/'" to probe that).
 
 The answer is the prompt's only variable token, so a model that does not use the image stays at chance: the
 loss of the 2 target tokens (answer and </s>) is ln(4) / 2 = 0.69 until the image is read.
@@ -172,7 +174,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
   config = load_config(args.config)
-  config = apply_overrides(config, [*(DEMO_OVERRIDES if args.demo_model else ()), *args.overrides])
+  demo_model = (*DEMO_OVERRIDES, "train.frozen=''") if args.demo_model else ()
+  config = apply_overrides(config, [*demo_model, *args.overrides])
   probe(config, pages=args.pages, held_out=args.held_out, steps=args.steps, eval_every=args.eval_every,
         question=args.question, progress=True)
   return 0

@@ -1,8 +1,15 @@
 """Synthetic ECG sheets with known findings, as model inputs, for the image-only commands (probe-image,
 pretrain-tower): each page is a record synthesised to show a spec, rendered as a paper sheet at the synthetic
-builders' 100 dpi (augmented or not) and preprocessed into the model's padded anyres views."""
+builders' 100 dpi (augmented or not) and preprocessed into the model's padded anyres views.
 
+A page takes ~45 ms on one core (two thirds of it drawing the sheet), so thousands of them are rendered in chunks
+on every core (spawned processes: JAX's threads in this one make fork unsafe).
+"""
+
+import concurrent.futures
 import dataclasses
+import multiprocessing
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +20,7 @@ from pulse_jax.ecg import render, synth
 from pulse_jax.models.config import PulseConfig
 
 DPI = 100  # the synthetic ECGInstruct / ECGBench builders' resolution
+PAGES_PER_CHUNK = 64  # a unit of work of one process; fewer pages than two chunks are rendered in this process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,16 +35,41 @@ class Pages:
 
 def render_pages(specs: Sequence[synth.EcgSpec], labels: np.ndarray, augmented: Sequence[bool],
                  config: PulseConfig, *, first_seed: int, desc: str = "render", progress: bool = False) -> Pages:
-  """Page i shows specs[i], synthesised and rendered from seed first_seed + i, augmented if augmented[i]."""
+  """Page i shows specs[i], synthesised and rendered from seed first_seed + i, augmented if augmented[i] (the
+  same pages however many processes render them)."""
+  tile = config.vision.image_size
+  pixel_values = np.zeros((len(specs), config.max_views, 3, tile, tile), np.float16)
+  sizes = np.zeros((len(specs), 2), np.int32)
+  starts = range(0, len(specs), PAGES_PER_CHUNK)
+  chunks = [(list(specs[s:s + PAGES_PER_CHUNK]), [bool(a) for a in augmented[s:s + PAGES_PER_CHUNK]], config,
+             first_seed + s, desc) for s in starts]
+  workers = min(len(os.sched_getaffinity(0)), len(chunks))
+  with tqdm(total=len(specs), desc=desc, disable=not progress) as bar:
+    if workers < 2:
+      rendered = map(_render_chunk, *zip(*chunks))
+    else:
+      pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+      rendered = pool.map(_render_chunk, *zip(*chunks))
+    for start, (chunk_values, chunk_sizes) in zip(starts, rendered):
+      pixel_values[start:start + len(chunk_sizes)], sizes[start:start + len(chunk_sizes)] = chunk_values, chunk_sizes
+      bar.update(len(chunk_sizes))
+    if workers >= 2:
+      pool.shutdown()
+  return Pages(pixel_values=pixel_values, image_sizes=sizes, labels=np.asarray(labels))
+
+
+def _render_chunk(specs: Sequence[synth.EcgSpec], augmented: Sequence[bool], config: PulseConfig, first_seed: int,
+                  desc: str) -> tuple[np.ndarray, np.ndarray]:
+  """Pages first_seed, first_seed + 1, ... of render_pages: (pixel_values, image_sizes) of len(specs) pages."""
   processor = for_model(config)
   tile = config.vision.image_size
   pixel_values = np.zeros((len(specs), config.max_views, 3, tile, tile), np.float16)
   sizes = np.zeros((len(specs), 2), np.int32)
-  for i in tqdm(range(len(specs)), desc=desc, disable=not progress):
+  for i, (spec, augment) in enumerate(zip(specs, augmented)):
     seed = first_seed + i
-    record = synth.synthesize(specs[i], seed=seed)
-    page = render.render_page(record, augment=bool(augmented[i]), seed=seed, dpi=DPI).image.convert("RGB")
-    image = preprocess(page, processor, name=f"{desc} page {i}")
+    record = synth.synthesize(spec, seed=seed)
+    page = render.render_page(record, augment=augment, seed=seed, dpi=DPI).image.convert("RGB")
+    image = preprocess(page, processor, name=f"{desc} page {seed}")
     pixel_values[i, :len(image.pixel_values)] = image.pixel_values
     sizes[i] = image.image_size
-  return Pages(pixel_values=pixel_values, image_sizes=sizes, labels=np.asarray(labels))
+  return pixel_values, sizes

@@ -1,6 +1,8 @@
 """ECGInstruct / ECGBench TFDS builders: released, from_raw and synthetic configs (and Beam, when installed)."""
 
+import collections
 import contextlib
+import dataclasses
 import io
 import json
 import pathlib
@@ -15,6 +17,7 @@ from data_builders.ecg_bench.ecg_bench_dataset_builder import Builder as BenchBu
 from data_builders.ecg_instruct.ecg_instruct_dataset_builder import Builder as InstructBuilder
 from pulse_jax import cli, metrics
 from pulse_jax.data import raw_sources, released, tasks
+from pulse_jax.data import builder as builder_module
 from pulse_jax.data.builder import EcgBuilderConfig, resolve_config
 from pulse_jax.data.conversation import render_prompt
 from pulse_jax.data.examples import conversations_of, decode_text
@@ -89,8 +92,11 @@ def raw_manual_dir(synthetic, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def from_raw(raw_manual_dir, data_dir):
-  instruct, instruct_out = build(InstructBuilder, FROM_RAW, data_dir, raw_manual_dir)
-  bench, bench_out = build(BenchBuilder, FROM_RAW, data_dir, raw_manual_dir)
+  """Built in shards of 5 records, so over worker processes (the synthetic build it is compared with: 1 shard)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(builder_module, "LOCAL_RECORDS_PER_SHARD", 5)
+    instruct, instruct_out = build(InstructBuilder, FROM_RAW, data_dir, raw_manual_dir)
+    bench, bench_out = build(BenchBuilder, FROM_RAW, data_dir, raw_manual_dir)
   return read_all(instruct), read_all(bench), instruct_out + bench_out
 
 
@@ -163,6 +169,24 @@ def test_no_patient_in_two_splits(synthetic):
   test = patients(e for examples in bench.values() for e in examples)
   assert train and validation and test
   assert not train & validation and not train & test and not validation & test
+
+
+def test_detection_builds_ask_every_code15_sheet_the_label_list(synthetic, data_dir):
+  """3x the CODE-15% records, each sheet with a code15-test label-list question; the other collections as before."""
+  config = dataclasses.replace(SYNTHETIC, name="synthetic_detection_test", collection_records=(("code15", 36),),
+                               label_list_collections=("code15",))
+  instruct, _ = build(InstructBuilder, config, data_dir)
+  instruct = read_all(instruct)
+  standard = synthetic[0]
+  assert sorted(text(e, "id") for e in instruct["ptbxl"]) == sorted(text(e, "id") for e in standard["ptbxl"])
+  assert (data_dir / "downloads" / "synthetic-n36-seed0" / "code15" / "exams.csv").is_file()
+  sheets = {(text(e, "provenance", "record_id"), int(e["provenance"]["variant"])) for e in instruct["code15"]}
+  listed = collections.Counter((text(e, "provenance", "record_id"), int(e["provenance"]["variant"]))
+                               for e in instruct["code15"] if len(e["labels"]))
+  assert len(sheets) > 2 * len({text(e, "provenance", "record_id") for e in standard["code15"]})
+  assert set(listed) == sheets and set(listed.values()) == {1}
+  question = next(conversations_of(e)[0]["value"] for e in instruct["code15"] if len(e["labels"]))
+  assert "1dAVb(1st degree av block)" in question
 
 
 def test_from_raw_matches_synthetic_and_counts_skips(synthetic, from_raw):
@@ -332,6 +356,10 @@ def test_sized_synthetic_configs(tmp_path, capsys):
   sized = resolve_config("synthetic_12")
   assert (sized.name, sized.origin, sized.synthetic_records, sized.dpi) == ("synthetic_12", "synthetic", 12, 100.0)
   assert resolve_config("synthetic") == "synthetic" and resolve_config("synthetic_x") == "synthetic_x"
+  detection = resolve_config("synthetic_12_detection")
+  assert (detection.name, detection.synthetic_records, detection.label_list_collections) == (
+      "synthetic_12_detection", 12, ("code15",))
+  assert (detection.records_of("code15"), detection.records_of("ptbxl")) == (36, 12)
   assert cli.main(["build-data", "--config", "configs/tiny.py", "--dataset", "ecg_bench/synthetic_12",
                    "--data-dir", str(tmp_path)]) == 0
   assert "ecg_bench/synthetic_12: ptb-test" in capsys.readouterr().out

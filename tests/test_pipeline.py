@@ -142,7 +142,8 @@ def test_mixture_weights_hold(setup):
   split_of = {pipeline.example_hash(i): split for split in SPLITS for i in examples[split]}
   weights = pipeline.mixture_weights(dict(data, mixture=dict(ptbxl=1.0, mimic=0.0, code15=3.0)))
   assert weights == {"ptbxl": 1.0, "code15": 3.0}
-  stream = pipeline.mixed_examples(data, weights, seed=0, process_index=0, process_count=1)
+  stream = pipeline.mixed_examples(pipeline.training_splits(data, weights), weights, seed=0, process_index=0,
+                                   process_count=1)
   drawn = collections.Counter(split_of[pipeline.example_hash(decode_text(stream[i]["id"]))] for i in range(400))
   n_ptbxl, n_code15 = len(examples["ptbxl"]), len(examples["code15"])
   expected = n_ptbxl / (n_ptbxl + 3 * n_code15)
@@ -150,10 +151,44 @@ def test_mixture_weights_hold(setup):
   assert abs(drawn["ptbxl"] / 400 - expected) < 0.03
 
 
+def test_labelled_keys_mix_in_the_label_list_questions(setup):
+  data, config, examples = setup
+  labelled = {split: {i for i, example in examples[split].items() if len(example["labels"])} for split in SPLITS}
+  labelled = {split: ids for split, ids in labelled.items() if ids}
+  assert len(labelled) >= 2 and sum(map(len, labelled.values())) < sum(len(examples[s]) for s in labelled)
+  only = dict(data, mixture={f"{split}:labelled": 1.0 for split in labelled})
+  weights = pipeline.mixture_weights(only)
+  splits = pipeline.training_splits(only, weights)
+  assert {key: {decode_text(e["id"]) for e in part} for key, part in splits.items()} == {
+      f"{split}:labelled": ids for split, ids in labelled.items()}
+  assert pipeline.epoch_size(splits, weights) == sum(map(len, labelled.values()))
+  wanted = {pipeline.example_hash(i) for ids in labelled.values() for i in ids}
+  batch = next(pipeline.batches(only, config, split="train", batch_size=8, seed=0).iterator)
+  assert set(batch["example_id"].tolist()) <= wanted
+  # Beside its whole split, a labelled key raises the share of the label lists: here 1 + 3 parts in 4 + 3.
+  split, ids = next(iter(labelled.items()))
+  weights = {split: 1.0, f"{split}:labelled": 3.0}
+  stream = pipeline.mixed_examples(pipeline.training_splits(data, weights), weights, seed=0, process_index=0,
+                                   process_count=1)
+  drawn = np.mean([decode_text(stream[i]["id"]) in ids for i in range(400)])
+  n, n_labelled = len(examples[split]), len(ids)
+  assert abs(drawn - (n_labelled + 3 * n_labelled) / (n + 3 * n_labelled)) < 0.06
+
+
+def test_a_labelled_key_needs_labelled_examples(setup, monkeypatch):
+  data, _, _ = setup
+  monkeypatch.setattr(pipeline, "source", lambda data, split: [{"labels": []}] if split == "mimic" else
+                      [{"labels": [b"NORM"]}])
+  with pytest.raises(ConfigError, match="'mimic:labelled'.*no example with gold labels"):
+    pipeline.training_splits(data, {"ptbxl:labelled": 1.0, "mimic:labelled": 1.0})
+  assert len(pipeline.training_splits(data, {"mimic": 1.0})["mimic"]) == 1
+
+
 def test_processes_read_disjoint_shares(setup):
   data, _, _ = setup
   weights = {"ptbxl": 1.0}
-  shares = [pipeline.mixed_examples(data, weights, seed=None, process_index=p, process_count=2) for p in (0, 1)]
+  splits = pipeline.training_splits(data, weights)
+  shares = [pipeline.mixed_examples(splits, weights, seed=None, process_index=p, process_count=2) for p in (0, 1)]
   ids = [{decode_text(share[i]["id"]) for i in range(len(setup[2]["ptbxl"]) // 2)} for share in shares]
   assert not ids[0] & ids[1] and len(ids[0] | ids[1]) == 2 * (len(setup[2]["ptbxl"]) // 2)
 

@@ -5,7 +5,9 @@ Each builder has three BuilderConfigs:
   from_raw   rebuilt from the raw collections in manual_dir/<collection> (pulse_jax.data.raw_sources);
   synthetic  the from_raw path over a small synthetic corpus the builder writes itself into its download folder,
              so a build works with nothing on disk (the tests' data); `synthetic_<N>` is the same with N records
-             per collection instead of 24 (the demo's `synthetic_400`), built by `pulse-jax build-data`.
+             per collection instead of 24, built by `pulse-jax build-data`; `synthetic_<N>_detection` (the
+             demo's) also holds DETECTION_SCALE x N CODE-15% records, each sheet asked the abnormality-detection
+             label-list question (resolve_config).
 
 Data are written as array_record, without TensorFlow: `pulse-jax build-data`, or in Python
   Builder(config="synthetic", data_dir=..., file_format="array_record").download_and_prepare()
@@ -15,11 +17,16 @@ TensorFlow is installed (TFDS 4.9's command line imports it; the builders never 
 from_raw (and synthetic) also run as Apache Beam pipelines: when TFDS is given a Beam runner or pipeline options
 (DownloadConfig(beam_options=...), `pulse-jax build-data --beam-pipeline-options`), every split becomes
 `Create(shards) | Reshuffle | FlatMap(examples)` over shards of about `records_per_shard` records; without, the
-same collections are generated in this process. Skipped records are counted per reason and printed at the end of
-each split (Beam: as pipeline counters, printed when the pipeline finishes).
+same collections are generated here in shards of LOCAL_RECORDS_PER_SHARD records, spread over this machine's cores
+(spawned worker processes) when a split has more than one shard. Skipped records are counted per reason and
+printed at the end of each split (Beam: as pipeline counters, printed when the pipeline finishes).
 """
 
+import concurrent.futures
 import dataclasses
+import itertools
+import multiprocessing
+import os
 import pathlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -32,6 +39,8 @@ from pulse_jax.errors import DataError
 
 Example = tuple[str, dict]
 SKIP_COUNTER_NAMESPACE = "pulse_jax.skipped"
+# Records per unit of work without Beam: a record takes ~0.1 s (two sheets rendered at 100 dpi), so a few seconds.
+LOCAL_RECORDS_PER_SHARD = 50
 
 
 @dataclasses.dataclass
@@ -43,9 +52,12 @@ class EcgBuilderConfig(tfds.core.BuilderConfig):
     dpi: from_raw / synthetic: page resolution of the rendered sheets.
     seed: from_raw / synthetic: rendering and task seed; synthetic: also the corpus seed.
     synthetic_records: synthetic: records written per collection.
+    collection_records: synthetic: (collection, records) pairs for collections of another size.
     records_per_shard: from_raw / synthetic under Beam: records one worker reads as a unit.
     validation_fraction, code15_test_fraction: patient shares held out (pulse_jax.data.raw_sources.RawSettings).
     tasks_per_record: mean instruction tasks per image.
+    label_list_collections: collections whose sheets are asked every task cell once, each close-ended question
+      a label-list one (raw_sources.RawSettings).
   """
   origin: str = "released"
   dpi: float = 200.0
@@ -55,11 +67,18 @@ class EcgBuilderConfig(tfds.core.BuilderConfig):
   validation_fraction: float = 0.02
   code15_test_fraction: float = 0.02
   tasks_per_record: float = 1.75
+  collection_records: tuple[tuple[str, int], ...] = ()
+  label_list_collections: tuple[str, ...] = ()
 
   def raw_settings(self) -> raw_sources.RawSettings:
     return raw_sources.RawSettings(dpi=self.dpi, seed=self.seed, validation_fraction=self.validation_fraction,
                                    code15_test_fraction=self.code15_test_fraction,
-                                   tasks_per_record=self.tasks_per_record)
+                                   tasks_per_record=self.tasks_per_record,
+                                   label_list_collections=self.label_list_collections)
+
+  def records_of(self, collection: str) -> int:
+    """Synthetic records written for `collection`."""
+    return dict(self.collection_records).get(collection, self.synthetic_records)
 
 
 def standard_configs() -> list[EcgBuilderConfig]:
@@ -76,18 +95,37 @@ def standard_configs() -> list[EcgBuilderConfig]:
   ]
 
 
-_SIZED_SYNTHETIC = re.compile(r"synthetic_(\d+)")
+_SIZED_SYNTHETIC = re.compile(r"synthetic_(\d+)(_detection)?")
+# CODE-15% records of a `_detection` build per record of the other collections. CODE-15% is also by far the
+# largest real collection (345k exams against PTB-XL's 22k).
+DETECTION_SCALE = 3
 
 
 def resolve_config(name: str) -> str | EcgBuilderConfig:
-  """A config name as DatasetBuilder(config=...) takes it: 'synthetic_<N>' becomes the synthetic config with N
-  records per collection (and that name, so builds of different sizes live in different folders)."""
+  """A config name as DatasetBuilder(config=...) takes it (other names are returned as they are):
+
+    synthetic_<N>            the synthetic config with N records per collection;
+    synthetic_<N>_detection  the same, with DETECTION_SCALE x N CODE-15% records and each CODE-15% sheet asked
+                             its three task cells, the close-ended diagnosis one as the abnormality-detection label
+                             list (code15-test's format): about one label-list example per sheet instead of 0.3,
+                             which a model trained from scratch needs to learn that answer from the image.
+
+  The config keeps the name, so builds of different sizes live in different folders; build ECGInstruct and
+  ECGBench with the same name so that their CODE-15% patients are split between them without overlap.
+  """
   sized = _SIZED_SYNTHETIC.fullmatch(name)
   if not sized:
     return name
   synthetic = next(c for c in standard_configs() if c.name == "synthetic")
-  return dataclasses.replace(synthetic, name=name, synthetic_records=int(sized.group(1)),
-                             description=f"{synthetic.description} {sized.group(1)} records per collection.")
+  records = int(sized.group(1))
+  config = dataclasses.replace(synthetic, name=name, synthetic_records=records,
+                               description=f"{synthetic.description} {records} records per collection.")
+  if not sized.group(2):
+    return config
+  return dataclasses.replace(
+      config, collection_records=(("code15", DETECTION_SCALE * records),), label_list_collections=("code15",),
+      description=f"{config.description[:-1]}, {DETECTION_SCALE * records} CODE-15% records, each sheet asked "
+                  "the abnormality-detection label list.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +163,12 @@ class EcgDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
     # Whether the caller gave TFDS a Beam runner or options decides between the Beam and the in-process path.
     self._beam = download_config.beam_runner is not None or download_config.beam_options is not None
-    return super()._download_and_prepare(dl_manager, download_config)
+    self._pool = None  # worker processes of the in-process path, started by the first split of several shards
+    try:
+      return super()._download_and_prepare(dl_manager, download_config)
+    finally:
+      if self._pool is not None:
+        self._pool.shutdown(cancel_futures=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
@@ -135,28 +178,45 @@ class EcgDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     splits = self.raw_splits(settings)
     sources = tuple(dict.fromkeys(source for split in splits.values() for source in split.sources))
     if config.origin == "synthetic":
-      roots = raw_sources.write_synthetic_collections(pathlib.Path(dl_manager.download_dir), sources,
-                                                      config.synthetic_records, config.seed)
+      roots = raw_sources.write_synthetic_collections(pathlib.Path(dl_manager.download_dir),
+                                                      {source: config.records_of(source) for source in sources},
+                                                      config.seed)
     else:
       roots = raw_sources.collection_roots(dl_manager.manual_dir, sources)
     return {name: self._raw_split(name, split, roots) for name, split in splits.items()}
 
   def _raw_split(self, name: str, split: RawSplit, roots: Mapping[str, pathlib.Path]):
     """The examples of one from_raw split: a Beam PTransform when building with Beam, else a generator."""
-    if not getattr(self, "_beam", False):
-      shards = [raw_sources.whole_collection(source, roots[source]) for source in split.sources]
+    beam_build = getattr(self, "_beam", False)
+    records_per_shard = self.builder_config.records_per_shard if beam_build else LOCAL_RECORDS_PER_SHARD
+    shards = [shard for source in split.sources
+              for shard in raw_sources.plan_shards(source, roots[source], records_per_shard)]
+    if not beam_build:
       return self._generate_examples(name, shards, split.make)
     beam = tfds.core.lazy_imports.apache_beam
-    shards = [shard for source in split.sources
-              for shard in raw_sources.plan_shards(source, roots[source], self.builder_config.records_per_shard)]
     return (beam.Create(shards) | beam.Reshuffle()
             | beam.FlatMap(_beam_shard_examples, make=split.make, counter_prefix=f"{self.name}/{name}"))
 
   def _generate_examples(self, split: str, shards: list[raw_sources.Shard],
                          make: raw_sources.ExampleMaker) -> Iterator[Example]:
+    """The examples of `shards` in order, made in the worker processes when there are several shards and cores."""
     skipped = SkipCounter()
-    generated = (example for shard in shards for example in raw_sources.shard_examples(shard, make, skipped))
-    return self.counted(split, generated, skipped)
+
+    def generated() -> Iterator[Example]:
+      for examples, shard_skipped in self._map(_shard_examples, shards, itertools.repeat(make)):
+        skipped.merge(shard_skipped)
+        yield from examples
+    return self.counted(split, generated(), skipped)
+
+  def _map(self, fn, *iterables):
+    """map(fn, *iterables) over the worker processes (started on first use), or here when one core or one item."""
+    items = list(zip(*iterables))
+    cores = len(os.sched_getaffinity(0))
+    if len(items) < 2 or cores < 2:
+      return itertools.starmap(fn, items)
+    if getattr(self, "_pool", None) is None:
+      self._pool = concurrent.futures.ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"))
+    return self._pool.map(fn, *zip(*items))
 
   def counted(self, split: str, generated: Iterable[Example], skipped: SkipCounter) -> Iterator[Example]:
     """`generated` (whose skips count into `skipped`), then the skip summary printed; DataError if it was empty
@@ -175,6 +235,13 @@ class EcgDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     counters = pipeline_result.metrics().query(query)["counters"]
     for counter in sorted(counters, key=lambda c: c.key.metric.name):
       print(f"skipped {counter.committed}: {counter.key.metric.name}", flush=True)
+
+
+def _shard_examples(shard: raw_sources.Shard, make: raw_sources.ExampleMaker
+                    ) -> tuple[list[Example], SkipCounter]:
+  """The examples of one shard and what it skipped (in a worker process of the in-process path)."""
+  skipped = SkipCounter()
+  return list(raw_sources.shard_examples(shard, make, skipped)), skipped
 
 
 def _beam_shard_examples(shard: raw_sources.Shard, make: raw_sources.ExampleMaker,

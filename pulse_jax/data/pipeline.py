@@ -28,7 +28,10 @@ Mixtures. A training run reads the splits named in `data.mixture` ({split: weigh
 collections (ptbxl, mimic, code15, and ecgqa when released). An example of split s is drawn at a rate
 proportional to its weight w_s, so the share of s is w_s n_s / sum(w n): all weights 1 is the union in natural
 proportions (one epoch = every example once), weight 0 leaves a split out, 2 doubles it. The paper's ablations
-are one override each: P = {ptbxl: 1}, P+M = {ptbxl: 1, mimic: 1}, P+M+C, and all four.
+are one override each: P = {ptbxl: 1}, P+M = {ptbxl: 1, mimic: 1}, P+M+C, and all four. A key "<split>:labelled"
+mixes in only that split's examples with gold labels (ECGInstruct's label-list questions, the benchmarks'
+abnormality-detection format) as a part of its own: {code15:labelled: 1} trains on nothing else (the demo's
+alignment stage), {ptbxl: 1, mimic: 1, code15: 1, code15:labelled: 2} counts CODE-15%'s label lists three times.
 
 Config keys (config.data, beside the trainer's seq_len and seed): builder ("ecg_instruct/synthetic"), data_dir
 (TFDS data_dir; "" for the TFDS default), tokenizer (the SentencePiece model; its piece count must equal the
@@ -86,21 +89,52 @@ def mixture_weights(data: Mapping[str, Any]) -> dict[str, float]:
   return {split: w for split, w in weights.items() if w > 0}
 
 
-def epoch_size(data: Mapping[str, Any], weights: Mapping[str, float]) -> int:
+LABELLED = ":labelled"  # a mixture key "<split>:labelled" draws from that split's labelled examples only
+
+
+class Labelled(Sequence):
+  """The examples of a data source that have gold labels (ECGInstruct's label-list questions, whose answers are
+  the benchmarks' abnormality-detection format), in source order. Finding them reads every example once
+  (~0.4 ms each)."""
+
+  def __init__(self, examples: Sequence[Mapping[str, Any]]):
+    self.examples = examples
+    self.indices = [index for index in range(len(examples)) if len(examples[index]["labels"])]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]:
+    return self.examples[self.indices[index]]
+
+
+def training_splits(data: Mapping[str, Any], weights: Mapping[str, float]) -> dict[str, Sequence[dict[str, Any]]]:
+  """The examples behind each mixture key of `weights`: a split's, or for "<split>:labelled" its labelled ones."""
+  splits = {}
+  for key in weights:
+    split = key.removesuffix(LABELLED)
+    splits[key] = Labelled(source(data, split)) if key != split else source(data, split)
+    if key != split and not len(splits[key]):
+      raise ConfigError(f"data.mixture key {key!r}: split {split!r} of {data['builder']!r} holds no example with "
+                        "gold labels (label-list questions)")
+  return splits
+
+
+def epoch_size(splits: Mapping[str, Sequence], weights: Mapping[str, float]) -> int:
   """Examples in one epoch of a mixture: sum of weight x split size (all processes together)."""
-  return round(sum(w * len(source(data, split)) for split, w in weights.items()))
+  return round(sum(w * len(splits[split]) for split, w in weights.items()))
 
 
-def mixed_examples(data: Mapping[str, Any], weights: Mapping[str, float], *, seed: int | None, process_index: int,
-                   process_count: int) -> grain.MapDataset:
-  """This process's stream of raw examples (as tfds.data_source returns them): each split sharded, shuffled per
-  epoch (unless seed is None), repeated forever, and mixed at rates proportional to weight (see module docstring)."""
+def mixed_examples(splits: Mapping[str, Sequence[dict[str, Any]]], weights: Mapping[str, float], *,
+                   seed: int | None, process_index: int, process_count: int) -> grain.MapDataset:
+  """This process's stream of raw examples (as tfds.data_source returns them) from `splits` (training_splits): each
+  sharded, shuffled per epoch (unless seed is None), repeated forever, and mixed at rates proportional to weight
+  (see module docstring)."""
   parts, rates = [], []
   for index, (split, weight) in enumerate(sorted(weights.items())):
-    part = grain.MapDataset.source(source(data, split))[process_index::process_count]
+    part = grain.MapDataset.source(splits[split])[process_index::process_count]
     if len(part) == 0:
-      raise ConfigError(f"split {split!r} of {data['builder']!r} has no example for process {process_index} of "
-                        f"{process_count}")
+      raise ConfigError(f"split {split!r} has no example for process {process_index} of {process_count}")
     if seed is not None:
       part = part.shuffle(seed=seed * 1009 + index)
     parts.append(part.repeat())
@@ -221,12 +255,13 @@ def batches(data: Mapping[str, Any], config: PulseConfig, *, split: str, batch_s
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   transform = PreprocessExample(config, data["tokenizer"], int(data["seq_len"]))
-  stream = mixed_examples(data, weights, seed=seed, process_index=process_index, process_count=process_count)
+  splits = training_splits(data, weights)
+  stream = mixed_examples(splits, weights, seed=seed, process_index=process_index, process_count=process_count)
   read = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=max(2, batch_size))
   pipeline = stream.map(transform).to_iter_dataset(read).batch(
       batch_size, drop_remainder=True, batch_fn=functools.partial(
           pad_batch, buckets=bucket_lengths(int(data["seq_len"]), data["buckets"]), pad_id=tokenizer.pad_id))
   if int(data["workers"]) > 0:
     pipeline = pipeline.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data["workers"])))
-  return Batches(iterator=iter(pipeline), epoch_size=epoch_size(data, weights), pad_id=tokenizer.pad_id,
+  return Batches(iterator=iter(pipeline), epoch_size=epoch_size(splits, weights), pad_id=tokenizer.pad_id,
                  preprocess=transform)

@@ -18,10 +18,10 @@ Splits are patient-level and shared by both builders, so no patient is in both E
 PTB-XL by strat_fold (10 test: ptb-test; 9 validation; 1-8 train); CODE-15% and MIMIC-IV-ECG by a hash of the
 patient id (CODE-15% test patients make code15-test); CPSC, G12EC and CSN are out-of-domain test sets only.
 
-For Apache Beam a collection is cut into shards of about `records_per_shard` records that workers read on their
-own (`plan_shards`, `read_shard`): slices of the index tables for PTB-XL / MIMIC / CODE-15% (their relative file
-paths made absolute, so the public readers find the files where they are), one folder of headers for the
-Challenge-format collections.
+A collection is cut into shards of about `records_per_shard` records that workers (Apache Beam's, or the
+builder's own processes without Beam) read on their own (`plan_shards`, `read_shard`): slices of the index tables
+for PTB-XL / MIMIC / CODE-15% (their relative file paths made absolute, so the public readers find the files where
+they are), one folder of headers for the Challenge-format collections.
 """
 
 import dataclasses
@@ -29,7 +29,7 @@ import hashlib
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -100,12 +100,21 @@ class RawSettings:
     validation_fraction: share of MIMIC-IV-ECG and CODE-15% patients held out for validation (PTB-XL: fold 9).
     code15_test_fraction: share of CODE-15% patients held out for code15-test.
     tasks_per_record: mean instruction tasks per image (pulse_jax.data.tasks.TaskMix).
+    label_list_collections: collections whose images are asked every task cell of their source once, each
+      close-ended question a label-list one where the record has labels in that category's spaces.
   """
   dpi: float = 200.0
   seed: int = 0
   validation_fraction: float = 0.02
   code15_test_fraction: float = 0.02
   tasks_per_record: float = 1.75
+  label_list_collections: tuple[str, ...] = ()
+
+  def task_mix(self, source: str) -> tasks.TaskMix:
+    """The instruction task mix of `source`'s records."""
+    if source not in self.label_list_collections:
+      return tasks.TaskMix(tasks_per_record=self.tasks_per_record)
+    return tasks.TaskMix(tasks_per_record=len(tasks.PAPER_MIX[source]), label_list_share=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,17 +172,16 @@ def collection_roots(manual_dir: PathLike, sources: tuple[str, ...]) -> dict[str
   return roots
 
 
-def write_synthetic_collections(directory: PathLike, sources: tuple[str, ...], n: int,
-                                seed: int) -> dict[str, pathlib.Path]:
-  """Synthetic stand-ins of `sources` (n records each, pulse_jax.ecg.corpus) under directory/synthetic-n{n}-seed{seed}.
+def write_synthetic_collections(directory: PathLike, records: Mapping[str, int], seed: int) -> dict[str, pathlib.Path]:
+  """Synthetic stand-ins of collections (records: {source: n}, pulse_jax.ecg.corpus), each under
+  directory/synthetic-n{n}-seed{seed}/{source}.
 
   A collection's corpus depends only on (source, n, seed), so two builders asking for the same collection get
   the same patients (and the leakage-free split between them). Folders completed earlier are reused.
   """
-  base = pathlib.Path(directory) / f"synthetic-n{n}-seed{seed}"
   roots = {}
-  for source in sources:
-    root = roots[source] = base / source
+  for source, n in records.items():
+    root = roots[source] = pathlib.Path(directory) / f"synthetic-n{n}-seed{seed}" / source
     done = root / ".complete"
     if not done.exists():
       corpus.write_corpus(_SYNTHETIC_LAYOUT[source], root, n, seed=seed * len(SOURCES) + SOURCES.index(source))
@@ -181,13 +189,8 @@ def write_synthetic_collections(directory: PathLike, sources: tuple[str, ...], n
   return roots
 
 
-def whole_collection(source: str, root: PathLike) -> Shard:
-  """The shard that reads a whole collection in one pass (the non-Beam path)."""
-  return Shard(source=source, collection_root=str(root), directory=str(root))
-
-
 def plan_shards(source: str, root: PathLike, records_per_shard: int) -> list[Shard]:
-  """Shards of about `records_per_shard` records that Beam workers read independently (see the module docstring).
+  """Shards of about `records_per_shard` records that workers read independently (see the module docstring).
 
   Reads only the index tables (or lists the header folders); raises RecordError if they are missing or malformed.
   """
@@ -299,7 +302,7 @@ class InstructionExamples:
     if patient_split(record, self.settings) != self.split:
       return []
     measurements = _measurements(record)
-    mix = tasks.TaskMix(tasks_per_record=self.settings.tasks_per_record)
+    mix = self.settings.task_mix(record.provenance.source)
     examples = []
     for variant in (STANDARD, AUGMENTED):
       sheet = _sheet(record, measurements, variant, self.settings)

@@ -37,6 +37,13 @@ class SkipCounter:
     if len(examples) < self.max_examples:
       examples.append(item_id)
 
+  def merge(self, other: "SkipCounter") -> None:
+    """Adds the counts (and example ids, up to max_examples) of `other`, e.g. a worker process's."""
+    self.counts.update(other.counts)
+    for reason, ids in other.examples.items():
+      kept = self.examples.setdefault(reason, [])
+      kept.extend(ids[:self.max_examples - len(kept)])
+
   @property
   def total(self) -> int:
     return sum(self.counts.values())
