@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pulse_jax import pretrain_tower
 from pulse_jax.config import apply_overrides, load_config
 
 TINY_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
@@ -63,8 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", default=None, help="where everything goes (default: a temporary folder); "
                       "rerunning in the same one reuses what is done")
   parser.add_argument("--records", type=int, default=300, help="synthetic records per collection (3x for CODE-15%%)")
-  parser.add_argument("--tower-pages", type=int, default=2400, help="synthetic sheets the vision tower learns from")
-  parser.add_argument("--tower-steps", type=int, default=1000, help="vision-tower pretraining steps of 32 sheets")
+  tower = pretrain_tower.Recipe()
+  parser.add_argument("--tower-pages", type=int, default=tower.pages, help="synthetic sheets the vision tower "
+                      "learns from")
+  parser.add_argument("--tower-steps", type=int, default=tower.steps, help=f"vision-tower pretraining steps of "
+                      f"{tower.batch} sheets")
   parser.add_argument("--align-steps", type=int, default=600, help="alignment steps of 8 label-list examples")
   parser.add_argument("--steps", type=int, default=400, help="instruction-tuning steps of 8 examples")
   parser.add_argument("--seed", type=int, default=0)
@@ -88,21 +92,13 @@ class _Stage:
 
 def run(args: argparse.Namespace) -> int:
   with tempfile.TemporaryDirectory() as scratch:
-    return demo(pathlib.Path(args.workdir or scratch), records=args.records, tower=Tower(args.tower_pages,
-                args.tower_steps), align_steps=args.align_steps, steps=args.steps, seed=args.seed)
+    tower = pretrain_tower.Recipe(pages=args.tower_pages, steps=args.tower_steps)
+    return demo(pathlib.Path(args.workdir or scratch), records=args.records, tower=tower,
+                align_steps=args.align_steps, steps=args.steps, seed=args.seed)
 
 
-@dataclasses.dataclass(frozen=True)
-class Tower:
-  """How the demo pretrains its vision tower (pulse_jax.pretrain_tower.pretrain): sheets, steps, batch."""
-  pages: int = 2400
-  steps: int = 1000
-  batch: int = 32
-  held_out: int = 400
-
-
-def demo(workdir: pathlib.Path, *, records: int, tower: Tower = Tower(), align_steps: int, steps: int,
-         seed: int = 0, sets: Sequence[str] = ()) -> int:
+def demo(workdir: pathlib.Path, *, records: int, tower: pretrain_tower.Recipe = pretrain_tower.Recipe(),
+         align_steps: int, steps: int, seed: int = 0, sets: Sequence[str] = ()) -> int:
   """Runs the stages (module docstring) in `workdir`; returns 0 when the model beats the majority answer.
 
   `sets` limits the evaluation (default: every set of the synthetic ECGBench).
@@ -144,14 +140,11 @@ def demo(workdir: pathlib.Path, *, records: int, tower: Tower = Tower(), align_s
 
   with _Stage(f"3. pretrain the vision tower on {tower.pages} synthetic sheets for {tower.steps} steps of "
               f"{tower.batch}"):
-    from pulse_jax import pretrain_tower
     from pulse_jax.config import model_config
     from pulse_jax.convert import orbax_params
     if not (tower_dir / str(orbax_params.STEP)).is_dir():  # Orbax names the step folder once it is complete
       shutil.rmtree(tower_dir, ignore_errors=True)
-      params, _ = pretrain_tower.pretrain(config, pages=tower.pages, held_out=tower.held_out, steps=tower.steps,
-                                          batch=tower.batch, learning_rate=3e-4, eval_every=tower.steps, seed=seed,
-                                          progress=True)
+      params, _ = pretrain_tower.pretrain(config, tower, eval_every=tower.steps, seed=seed, progress=True)
       orbax_params.save(tower_dir, params, model_config(config.model))
     print(f"   {tower_dir}")
 

@@ -16,6 +16,7 @@ initialised, for `checkpoint.init_from` with `train.frozen='^vision_tower/'`, as
 """
 
 import argparse
+import dataclasses
 import pathlib
 import time
 
@@ -73,11 +74,23 @@ class TowerClassifier(nnx.Module):
     return jnp.einsum("qbe,qec->qbc", pooled, self.heads[...]) + self.biases[...][:, None]
 
 
-def pretrain(config, *, pages: int, held_out: int, steps: int, batch: int, learning_rate: float, eval_every: int,
-             seed: int = 0, progress: bool = False) -> tuple[dict, list[dict[str, float]]]:
-  """Trains the tower of `config` (an experiment config) on `pages` sheets; returns the whole model's parameters
-  (pure dict, numpy; the tower trained, the rest initialised from `seed`) and one {"step", "loss",
-  "rhythm_accuracy", "conduction_accuracy"} per evaluation on `held_out` other sheets."""
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How much to pretrain: training and held-out sheets, steps of `batch` sheets, peak learning rate (5% warmup,
+  cosine decay). The defaults are the command's and the demo's."""
+  pages: int = 2400
+  held_out: int = 400
+  steps: int = 1000
+  batch: int = 32
+  learning_rate: float = 3e-4
+
+
+def pretrain(config, recipe: Recipe, *, eval_every: int, seed: int = 0, progress: bool = False
+             ) -> tuple[dict, list[dict[str, float]]]:
+  """Trains the tower of `config` (an experiment config) on recipe.pages sheets; returns the whole model's
+  parameters (pure dict, numpy; the tower trained, the rest initialised from `seed`) and one {"step", "loss",
+  "rhythm_accuracy", "conduction_accuracy"} per evaluation on recipe.held_out other sheets."""
+  pages, held_out, steps, batch = recipe.pages, recipe.held_out, recipe.steps, recipe.batch
   model_cfg = model_config(config.model)
   if pages < batch or held_out < 1 or steps < 1:
     raise ConfigError(f"pretrain-tower needs --pages >= --batch ({pages} < {batch}?), --held-out >= 1 and "
@@ -86,7 +99,7 @@ def pretrain(config, *, pages: int, held_out: int, steps: int, batch: int, learn
   test_pages = draw_pages(held_out, model_cfg, first_seed=HELD_OUT_SEED + seed, progress=progress)
   classifier = TowerClassifier(model_cfg, questions=2, classes=len(RHYTHMS), rngs=nnx.Rngs(seed))
   warmup = steps // 20
-  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(steps, warmup + 1))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.learning_rate, warmup, max(steps, warmup + 1))
   optimizer = nnx.Optimizer(classifier, optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule)),
                             wrt=nnx.Param)
 
@@ -132,11 +145,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--config", default="configs/tiny.py", metavar="FILE.py[:ARG]",
                       help="experiment config; `--config.a.b=value` arguments override its fields")
   parser.add_argument("--demo-model", action="store_true", help="apply the demo's overrides before --config.*")
-  parser.add_argument("--pages", type=int, default=2400, help="training sheets")
-  parser.add_argument("--held-out", type=int, default=400, help="sheets never trained on, for the accuracy")
-  parser.add_argument("--steps", type=int, default=1000)
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak of a 5%% warmup and cosine decay")
+  defaults = Recipe()
+  parser.add_argument("--pages", type=int, default=defaults.pages, help="training sheets")
+  parser.add_argument("--held-out", type=int, default=defaults.held_out, help="sheets never trained on, for the "
+                      "accuracy")
+  parser.add_argument("--steps", type=int, default=defaults.steps)
+  parser.add_argument("--batch", type=int, default=defaults.batch)
+  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate,
+                      help="peak of a 5%% warmup and cosine decay")
   parser.add_argument("--eval-every", type=int, default=250)
   parser.add_argument("--seed", type=int, default=0)
   accept_config_overrides(parser)
@@ -146,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
   from pulse_jax.demo import DEMO_OVERRIDES
   config = apply_overrides(load_config(args.config), [*(DEMO_OVERRIDES if args.demo_model else ()),
                                                       *args.overrides])
-  params, _ = pretrain(config, pages=args.pages, held_out=args.held_out, steps=args.steps, batch=args.batch,
-                       learning_rate=args.learning_rate, eval_every=args.eval_every, seed=args.seed, progress=True)
+  recipe = Recipe(pages=args.pages, held_out=args.held_out, steps=args.steps, batch=args.batch,
+                  learning_rate=args.learning_rate)
+  params, _ = pretrain(config, recipe, eval_every=args.eval_every, seed=args.seed, progress=True)
   orbax_params.save(pathlib.Path(args.out), params, model_config(config.model))
   print(f"wrote {args.out}: a whole model with the pretrained tower, for checkpoint.init_from")
   return 0

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pulse_jax import demo
+from pulse_jax import demo, pretrain_tower
 
 
 def _report(f1, auc, majority_f1, majority_auc):
@@ -23,7 +23,7 @@ def test_verdict_needs_both_margins():
 def test_demo_runs_every_stage(tmp_path, capsys):
   """12 records per collection, a tower of 2 steps on 32 sheets, 2 alignment and 2 training steps: the verdict is
   meaningless at this size, the wiring is not."""
-  tower = demo.Tower(pages=32, steps=2, batch=16, held_out=16)
+  tower = pretrain_tower.Recipe(pages=32, steps=2, batch=16, held_out=16)
   run = dict(records=12, tower=tower, align_steps=2, sets=(demo.DETECTION_SET, "csn-test-no-cot"))
   status = demo.demo(tmp_path, steps=2, **run)
   out = capsys.readouterr().out

@@ -29,8 +29,8 @@ def test_sheets_show_only_pairs_synth_can_draw_deterministically(demo_config):
 @pytest.mark.slow
 def test_pretraining_changes_only_the_tower_and_writes_a_model_for_init_from(demo_config, tmp_path, capsys):
   model_cfg = model_config(demo_config.model)
-  params, results = pretrain_tower.pretrain(demo_config, pages=8, held_out=4, steps=2, batch=4,
-                                            learning_rate=1e-3, eval_every=1)
+  params, results = pretrain_tower.pretrain(
+      demo_config, pretrain_tower.Recipe(pages=8, held_out=4, steps=2, batch=4, learning_rate=1e-3), eval_every=1)
   assert [r["step"] for r in results] == [1, 2] and all(np.isfinite(r["loss"]) for r in results)
   fresh = nnx.to_pure_dict(nnx.state(PulseModel(model_cfg, rngs=nnx.Rngs(0)), nnx.Param))
   tower = params["vision_tower"]["embeddings"]["patch_embedding"]["kernel"]
@@ -53,4 +53,4 @@ def test_pretraining_changes_only_the_tower_and_writes_a_model_for_init_from(dem
 
 def test_bad_sizes_are_config_errors(demo_config):
   with pytest.raises(ConfigError, match="pretrain-tower needs --pages >= --batch"):
-    pretrain_tower.pretrain(demo_config, pages=2, held_out=1, steps=1, batch=4, learning_rate=1e-3, eval_every=1)
+    pretrain_tower.pretrain(demo_config, pretrain_tower.Recipe(pages=2, held_out=1, steps=1, batch=4), eval_every=1)
