@@ -3,18 +3,16 @@ pretrain-tower): each page is a record synthesised to show a spec, rendered as a
 builders' 100 dpi (augmented or not) and preprocessed into the model's padded anyres views.
 
 A page takes ~45 ms on one core (two thirds of it drawing the sheet), so thousands of them are rendered in chunks
-on every core (spawned processes: JAX's threads in this one make fork unsafe).
+on every core (pulse_jax.processes).
 """
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from pulse_jax import processes
 from pulse_jax.data.image_processor import for_model, preprocess
 from pulse_jax.ecg import render, synth
 from pulse_jax.models.config import PulseConfig
@@ -43,12 +41,12 @@ def render_pages(specs: Sequence[synth.EcgSpec], labels: np.ndarray, augmented: 
   starts = range(0, len(specs), PAGES_PER_CHUNK)
   chunks = [(list(specs[s:s + PAGES_PER_CHUNK]), [bool(a) for a in augmented[s:s + PAGES_PER_CHUNK]], config,
              first_seed + s, desc) for s in starts]
-  workers = min(len(os.sched_getaffinity(0)), len(chunks))
+  workers = min(processes.usable_cores(), len(chunks))
   with tqdm(total=len(specs), desc=desc, disable=not progress) as bar:
     if workers < 2:
       rendered = map(_render_chunk, *zip(*chunks))
     else:
-      pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+      pool = processes.spawn_pool(workers)
       rendered = pool.map(_render_chunk, *zip(*chunks))
     for start, (chunk_values, chunk_sizes) in zip(starts, rendered):
       pixel_values[start:start + len(chunk_sizes)], sizes[start:start + len(chunk_sizes)] = chunk_values, chunk_sizes

@@ -18,21 +18,19 @@ from_raw (and synthetic) also run as Apache Beam pipelines: when TFDS is given a
 (DownloadConfig(beam_options=...), `pulse-jax build-data --beam-pipeline-options`), every split becomes
 `Create(shards) | Reshuffle | FlatMap(examples)` over shards of about `records_per_shard` records; without, the
 same collections are generated here in shards of LOCAL_RECORDS_PER_SHARD records, spread over this machine's cores
-(spawned worker processes) when a split has more than one shard. Skipped records are counted per reason and
+(pulse_jax.processes) when a split has more than one shard. Skipped records are counted per reason and
 printed at the end of each split (Beam: as pipeline counters, printed when the pipeline finishes).
 """
 
-import concurrent.futures
 import dataclasses
 import itertools
-import multiprocessing
-import os
 import pathlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 
 import tensorflow_datasets as tfds
 
+from pulse_jax import processes
 from pulse_jax.data import examples, raw_sources
 from pulse_jax.ecg.skips import SkipCounter
 from pulse_jax.errors import DataError
@@ -211,11 +209,11 @@ class EcgDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def _map(self, fn, *iterables):
     """map(fn, *iterables) over the worker processes (started on first use), or here when one core or one item."""
     items = list(zip(*iterables))
-    cores = len(os.sched_getaffinity(0))
+    cores = processes.usable_cores()
     if len(items) < 2 or cores < 2:
       return itertools.starmap(fn, items)
     if getattr(self, "_pool", None) is None:
-      self._pool = concurrent.futures.ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"))
+      self._pool = processes.spawn_pool(cores)
     return self._pool.map(fn, *zip(*items))
 
   def counted(self, split: str, generated: Iterable[Example], skipped: SkipCounter) -> Iterator[Example]:
