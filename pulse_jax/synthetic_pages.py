@@ -32,15 +32,17 @@ class Pages:
 
 
 def render_pages(specs: Sequence[synth.EcgSpec], labels: np.ndarray, augmented: Sequence[bool],
-                 config: PulseConfig, *, first_seed: int, desc: str = "render", progress: bool = False) -> Pages:
-  """Page i shows specs[i], synthesised and rendered from seed first_seed + i, augmented if augmented[i] (the
-  same pages however many processes render them)."""
+                 config: PulseConfig, *, first_seed: int, seconds: Sequence[float] | None = None,
+                 desc: str = "render", progress: bool = False) -> Pages:
+  """Page i shows specs[i], synthesised (seconds[i] long, default 10 s) and rendered from seed first_seed + i,
+  augmented if augmented[i] (the same pages however many processes render them)."""
+  seconds = [10.0] * len(specs) if seconds is None else [float(s) for s in seconds]
   tile = config.vision.image_size
   pixel_values = np.zeros((len(specs), config.max_views, 3, tile, tile), np.float16)
   sizes = np.zeros((len(specs), 2), np.int32)
   starts = range(0, len(specs), PAGES_PER_CHUNK)
-  chunks = [(list(specs[s:s + PAGES_PER_CHUNK]), [bool(a) for a in augmented[s:s + PAGES_PER_CHUNK]], config,
-             first_seed + s, desc) for s in starts]
+  chunks = [(list(specs[s:s + PAGES_PER_CHUNK]), [bool(a) for a in augmented[s:s + PAGES_PER_CHUNK]],
+             seconds[s:s + PAGES_PER_CHUNK], config, first_seed + s, desc) for s in starts]
   workers = min(processes.usable_cores(), len(chunks))
   with tqdm(total=len(specs), desc=desc, disable=not progress) as bar:
     if workers < 2:
@@ -56,16 +58,16 @@ def render_pages(specs: Sequence[synth.EcgSpec], labels: np.ndarray, augmented: 
   return Pages(pixel_values=pixel_values, image_sizes=sizes, labels=np.asarray(labels))
 
 
-def _render_chunk(specs: Sequence[synth.EcgSpec], augmented: Sequence[bool], config: PulseConfig, first_seed: int,
-                  desc: str) -> tuple[np.ndarray, np.ndarray]:
+def _render_chunk(specs: Sequence[synth.EcgSpec], augmented: Sequence[bool], seconds: Sequence[float],
+                  config: PulseConfig, first_seed: int, desc: str) -> tuple[np.ndarray, np.ndarray]:
   """Pages first_seed, first_seed + 1, ... of render_pages: (pixel_values, image_sizes) of len(specs) pages."""
   processor = for_model(config)
   tile = config.vision.image_size
   pixel_values = np.zeros((len(specs), config.max_views, 3, tile, tile), np.float16)
   sizes = np.zeros((len(specs), 2), np.int32)
-  for i, (spec, augment) in enumerate(zip(specs, augmented)):
+  for i, (spec, augment, duration) in enumerate(zip(specs, augmented, seconds)):
     seed = first_seed + i
-    record = synth.synthesize(spec, seed=seed)
+    record = synth.synthesize(spec, seconds=duration, seed=seed)
     page = render.render_page(record, augment=augment, seed=seed, dpi=DPI).image.convert("RGB")
     image = preprocess(page, processor, name=f"{desc} page {seed}")
     pixel_values[i, :len(image.pixel_values)] = image.pixel_values

@@ -26,6 +26,15 @@ def test_sheets_show_only_pairs_synth_can_draw_deterministically(demo_config):
   np.testing.assert_array_equal(again.pixel_values, pages.pixel_values)  # deterministic in the seed
 
 
+def test_a_share_of_sheets_show_short_records_as_code15_holds_them(demo_config, monkeypatch):
+  drawn = {}
+  monkeypatch.setattr(pretrain_tower.synthetic_pages, "render_pages", lambda *args, **kwargs: drawn.update(kwargs))
+  pretrain_tower.draw_pages(1000, model_config(demo_config.model), first_seed=0)
+  assert set(drawn["seconds"]) == {pretrain_tower.SHORT_RECORD_SECONDS, 10.0}
+  short = np.mean(drawn["seconds"] == pretrain_tower.SHORT_RECORD_SECONDS)
+  assert abs(short - pretrain_tower.SHORT_RECORD_SHARE) < 0.05
+
+
 @pytest.mark.slow
 def test_pretraining_changes_only_the_tower_and_writes_a_model_for_init_from(demo_config, tmp_path, capsys):
   model_cfg = model_config(demo_config.model)

@@ -23,3 +23,11 @@ def test_pages_do_not_depend_on_how_many_processes_render_them(monkeypatch):
   assert spread.labels.tolist() == list(range(6)) and np.abs(in_process.pixel_values[:, 0]).max() > 0
   # Pages differ with their seed: page i is rendered from first_seed + i whatever chunk holds it.
   assert not np.array_equal(in_process.pixel_values[0], in_process.pixel_values[3])
+
+
+def test_a_shorter_record_draws_a_different_page():
+  config = model_config(load_config("configs/tiny.py").model)
+  spec = [synth.EcgSpec(rhythm="sinus_rhythm")]
+  pages = [synthetic_pages.render_pages(spec, np.zeros(1), [False], config, first_seed=3, seconds=[s])
+           for s in (10.0, 7.0)]
+  assert not np.array_equal(pages[0].pixel_values, pages[1].pixel_values)
