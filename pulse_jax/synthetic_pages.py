@@ -43,18 +43,10 @@ def render_pages(specs: Sequence[synth.EcgSpec], labels: np.ndarray, augmented: 
   starts = range(0, len(specs), PAGES_PER_CHUNK)
   chunks = [(list(specs[s:s + PAGES_PER_CHUNK]), [bool(a) for a in augmented[s:s + PAGES_PER_CHUNK]],
              seconds[s:s + PAGES_PER_CHUNK], config, first_seed + s, desc) for s in starts]
-  workers = min(processes.usable_cores(), len(chunks))
-  with tqdm(total=len(specs), desc=desc, disable=not progress) as bar:
-    if workers < 2:
-      rendered = map(_render_chunk, *zip(*chunks))
-    else:
-      pool = processes.spawn_pool(workers)
-      rendered = pool.map(_render_chunk, *zip(*chunks))
-    for start, (chunk_values, chunk_sizes) in zip(starts, rendered):
+  with processes.Workers() as workers, tqdm(total=len(specs), desc=desc, disable=not progress) as bar:
+    for start, (chunk_values, chunk_sizes) in zip(starts, workers.map(_render_chunk, chunks)):
       pixel_values[start:start + len(chunk_sizes)], sizes[start:start + len(chunk_sizes)] = chunk_values, chunk_sizes
       bar.update(len(chunk_sizes))
-    if workers >= 2:
-      pool.shutdown()
   return Pages(pixel_values=pixel_values, image_sizes=sizes, labels=np.asarray(labels))
 
 

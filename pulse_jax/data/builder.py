@@ -23,7 +23,6 @@ printed at the end of each split (Beam: as pipeline counters, printed when the p
 """
 
 import dataclasses
-import itertools
 import pathlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -161,12 +160,8 @@ class EcgDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
     # Whether the caller gave TFDS a Beam runner or options decides between the Beam and the in-process path.
     self._beam = download_config.beam_runner is not None or download_config.beam_options is not None
-    self._pool = None  # worker processes of the in-process path, started by the first split of several shards
-    try:
+    with processes.Workers() as self._workers:  # the in-process path's, shared by its splits
       return super()._download_and_prepare(dl_manager, download_config)
-    finally:
-      if self._pool is not None:
-        self._pool.shutdown(cancel_futures=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
@@ -201,20 +196,10 @@ class EcgDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     skipped = SkipCounter()
 
     def generated() -> Iterator[Example]:
-      for examples, shard_skipped in self._map(_shard_examples, shards, itertools.repeat(make)):
+      for examples, shard_skipped in self._workers.map(_shard_examples, [(shard, make) for shard in shards]):
         skipped.merge(shard_skipped)
         yield from examples
     return self.counted(split, generated(), skipped)
-
-  def _map(self, fn, *iterables):
-    """map(fn, *iterables) over the worker processes (started on first use), or here when one core or one item."""
-    items = list(zip(*iterables))
-    cores = processes.usable_cores()
-    if len(items) < 2 or cores < 2:
-      return itertools.starmap(fn, items)
-    if getattr(self, "_pool", None) is None:
-      self._pool = processes.spawn_pool(cores)
-    return self._pool.map(fn, *zip(*items))
 
   def counted(self, split: str, generated: Iterable[Example], skipped: SkipCounter) -> Iterator[Example]:
     """`generated` (whose skips count into `skipped`), then the skip summary printed; DataError if it was empty
