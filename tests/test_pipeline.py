@@ -1,6 +1,7 @@
 """The grain pipeline: batch contract, exact resume, mixture weights, skipped bad examples, global arrays."""
 
 import collections
+import collections.abc
 import contextlib
 import dataclasses
 import io
@@ -17,7 +18,7 @@ from PIL import Image
 from data_builders.ecg_instruct.ecg_instruct_dataset_builder import Builder as InstructBuilder
 from pulse_jax import parallel, train
 from pulse_jax.config import load_config, model_config
-from pulse_jax.data import pipeline, released
+from pulse_jax.data import label_index, pipeline, released
 from pulse_jax.data.builder import EcgBuilderConfig
 from pulse_jax.data.conversation import encode_conversation
 from pulse_jax.data.examples import conversations_of, decode_text
@@ -182,6 +183,67 @@ def test_a_labelled_key_needs_labelled_examples(setup, monkeypatch):
   with pytest.raises(ConfigError, match="'mimic:labelled'.*no example with gold labels"):
     pipeline.training_splits(data, {"ptbxl:labelled": 1.0, "mimic:labelled": 1.0})
   assert len(pipeline.training_splits(data, {"mimic": 1.0})["mimic"]) == 1
+
+
+class CountingSource(collections.abc.Sequence):
+  """A data source that counts the examples read from it (and keeps the attributes a saved index is found by)."""
+
+  def __init__(self, source):
+    self.source, self.dataset_info, self.split, self.reads = source, source.dataset_info, source.split, 0
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, index):
+    self.reads += 1
+    return self.source[index]
+
+
+def test_builds_save_the_labelled_index_and_runs_use_it(setup, monkeypatch):
+  data, _, examples = setup
+  for split in (*SPLITS, "validation"):
+    source = CountingSource(pipeline.source(data, split))
+    indices = label_index.labelled_indices(source)
+    assert source.reads == 0  # the build's index, read without touching an example
+    assert indices.tolist() == label_index.scan(source.source).tolist()
+  assert sum(len(label_index.labelled_indices(pipeline.source(data, split))) for split in SPLITS) == sum(
+      1 for split in SPLITS for example in examples[split].values() if len(example["labels"]))
+  # Written over worker processes in chunks (here of 5 examples) where a dataset lacks it: the same positions.
+  builder = tfds.builder_from_directory(pipeline.source(data, "code15").dataset_info.data_dir)
+  saved = {split: np.load(label_index.index_path(builder.data_dir, split)) for split in builder.info.splits}
+  for split in saved:
+    label_index.index_path(builder.data_dir, split).unlink()
+  monkeypatch.setattr(label_index, "EXAMPLES_PER_CHUNK", 5)
+  assert len(label_index.write(builder)) == len(saved)
+  for split, indices in saved.items():
+    assert np.load(label_index.index_path(builder.data_dir, split)).tolist() == indices.tolist()
+  assert label_index.write(builder) == []  # nothing missing, nothing written
+
+
+def test_an_unwritable_dataset_folder_is_warned_about(setup, tmp_path, monkeypatch, caplog):
+  data, _, _ = setup
+  builder = tfds.builder_from_directory(pipeline.source(data, "mimic").dataset_info.data_dir)
+  monkeypatch.setattr(label_index, "index_path", lambda version_dir, split: tmp_path / "gone" / f"{split}.npy")
+  with caplog.at_level("WARNING"):
+    assert label_index.write(builder) == []
+  assert "cannot save the index" in caplog.text and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "not an array", "out of range", "unsorted", "floats"])
+def test_a_missing_or_wrong_index_is_read_around_with_a_warning(setup, tmp_path, monkeypatch, caplog, damage):
+  data, _, _ = setup
+  source = CountingSource(pipeline.source(data, "code15"))
+  path = tmp_path / "labelled-code15.npy"
+  monkeypatch.setattr(label_index, "index_path", lambda version_dir, split: path)
+  if damage == "not an array":
+    path.write_bytes(b"garbage")
+  elif damage != "missing":
+    np.save(path, {"out of range": np.array([0, len(source)]), "unsorted": np.array([3, 1]),
+                   "floats": np.array([0.5])}[damage])
+  with caplog.at_level("WARNING"):
+    indices = label_index.labelled_indices(source)
+  assert source.reads == len(source) and indices.tolist() == label_index.scan(source.source).tolist()
+  assert "reading all" in caplog.text and str(path) in caplog.text
 
 
 def test_processes_read_disjoint_shares(setup):

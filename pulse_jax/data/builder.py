@@ -12,7 +12,9 @@ Each builder has three BuilderConfigs:
 Data are written as array_record, without TensorFlow: `pulse-jax build-data`, or in Python
   Builder(config="synthetic", data_dir=..., file_format="array_record").download_and_prepare()
 `tfds build data_builders/ecg_instruct --config synthetic --file_format array_record` runs the same builder where
-TensorFlow is installed (TFDS 4.9's command line imports it; the builders never do).
+TensorFlow is installed (TFDS 4.9's command line imports it; the builders never do). Every build also saves, beside
+the data, the positions of each split's labelled examples (pulse_jax.data.label_index), which `"<split>:labelled"`
+mixture keys train on.
 
 from_raw (and synthetic) also run as Apache Beam pipelines: when TFDS is given a Beam runner or pipeline options
 (DownloadConfig(beam_options=...), `pulse-jax build-data --beam-pipeline-options`), every split becomes
@@ -30,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import tensorflow_datasets as tfds
 
 from pulse_jax import processes
-from pulse_jax.data import examples, raw_sources
+from pulse_jax.data import examples, label_index, raw_sources
 from pulse_jax.ecg.skips import SkipCounter
 from pulse_jax.errors import DataError
 
@@ -156,6 +158,12 @@ class EcgDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION, features=examples.features(),
                                  homepage=self.HOMEPAGE, citation=self.CITATION)
+
+  def download_and_prepare(self, **kwargs) -> None:
+    """TFDS' build (a no-op when the dataset is there), then the index of each split's labelled examples
+    (pulse_jax.data.label_index) where it is missing."""
+    super().download_and_prepare(**kwargs)
+    label_index.write(self)
 
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
     # Whether the caller gave TFDS a Beam runner or options decides between the Beam and the in-process path.

@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from pulse_jax.data import label_index
 from pulse_jax.data.conversation import encode_conversation
 from pulse_jax.data.examples import conversations_of, decode_text
 from pulse_jax.data.image_processor import for_model, load_image, preprocess
@@ -94,18 +95,18 @@ LABELLED = ":labelled"  # a mixture key "<split>:labelled" draws from that split
 
 class Labelled(Sequence):
   """The examples of a data source that have gold labels (ECGInstruct's label-list questions, whose answers are
-  the benchmarks' abnormality-detection format), in source order. Finding them reads every example once
-  (~0.4 ms each)."""
+  the benchmarks' abnormality-detection format), in source order; found through the index the build saved
+  (pulse_jax.data.label_index)."""
 
   def __init__(self, examples: Sequence[Mapping[str, Any]]):
     self.examples = examples
-    self.indices = [index for index in range(len(examples)) if len(examples[index]["labels"])]
+    self.indices = label_index.labelled_indices(examples)
 
   def __len__(self) -> int:
     return len(self.indices)
 
   def __getitem__(self, index: int) -> Mapping[str, Any]:
-    return self.examples[self.indices[index]]
+    return self.examples[int(self.indices[index])]
 
 
 def training_splits(data: Mapping[str, Any], weights: Mapping[str, float]) -> dict[str, Sequence[dict[str, Any]]]:
