@@ -15,7 +15,7 @@ before it is used, with a warning; a checkpoint that reads fine but does not fit
 
 import dataclasses
 import logging
-import pathlib
+import os
 import signal
 from collections.abc import Mapping
 
@@ -104,6 +104,9 @@ class Checkpointer:
   def _set_aside(self, step: int, error: Exception) -> None:
     path = self.directory / str(step)
     aside = self.directory / f"{step}.unreadable"
+    copies = 1
+    while aside.exists():  # the step was written again after an earlier fallback, and is unreadable again
+      aside, copies = self.directory / f"{step}.unreadable.{copies}", copies + 1
     remaining = [s for s in self._manager.all_steps() if s < step]
     fallback = f"falling back to step {max(remaining)}" if remaining else "no earlier checkpoint; starting afresh"
     _logger.warning("checkpoint %s is unreadable (%s: %s); moved to %s, %s", path, type(error).__name__,
@@ -156,12 +159,12 @@ class PreemptionWatch:
     self.signalled = True
 
 
-def is_hf_folder(path: pathlib.Path) -> bool:
+def is_hf_folder(path: epath.Path) -> bool:
   """Whether `path` is a transformers checkpoint folder (it holds config.json)."""
   return (path / "config.json").is_file()
 
 
-def stored_config(step_dir: pathlib.Path) -> PulseConfig | None:
+def stored_config(step_dir: epath.Path) -> PulseConfig | None:
   """The model configuration an Orbax step folder stores: a converted checkpoint's (pulse_jax.convert.orbax_params
   writes it as the state item's custom metadata); None for a training checkpoint, which stores none."""
   metadata = ocp.StandardCheckpointHandler().metadata(step_dir / STATE).custom_metadata or {}
@@ -170,12 +173,12 @@ def stored_config(step_dir: pathlib.Path) -> PulseConfig | None:
   return model_config(ml_collections.ConfigDict(metadata[MODEL_METADATA_KEY]))
 
 
-def load_params(path: str | pathlib.Path, config: PulseConfig, shardings: Mapping) -> tuple[dict, pathlib.Path]:
+def load_params(path: str | os.PathLike, config: PulseConfig, shardings: Mapping) -> tuple[dict, epath.Path]:
   """The parameters (only) of any checkpoint of `config`'s model, placed with `shardings`; and what was read.
 
-  `path` is a transformers LLaVA-NeXT folder (config.json + *.safetensors), or an Orbax checkpoint: one written
-  by `pulse-jax convert from-hf / from-llava`, a training workdir, its checkpoints/ folder or a step folder (the
-  latest step is taken; the optimizer state is never read). Each device receives just its shard (Orbax: reads just
+  `path` is a local transformers LLaVA-NeXT folder (config.json + *.safetensors), or an Orbax checkpoint (local
+  or gs://): one written by `pulse-jax convert from-hf / from-llava`, a training workdir, its checkpoints/ folder
+  or a step folder (the latest step is taken; the optimizer state is never read). Each device receives just its shard (Orbax: reads just
   it), cast to config.param_dtype, so a 7B model never sits whole on one accelerator.
 
   Returns:
@@ -185,8 +188,11 @@ def load_params(path: str | pathlib.Path, config: PulseConfig, shardings: Mappin
     CheckpointError: no checkpoint at `path`, or one whose architecture (from config.json or a converted
       checkpoint's stored config; shapes otherwise) differs from `config`.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # an Orbax checkpoint may be on gs://
   if is_hf_folder(path):
+    if "://" in str(path):
+      raise CheckpointError(f"{path}: a Hugging Face folder is read from a local disk: copy it first "
+                            "(gcloud storage cp -r)")
     cpu = jax.local_devices(backend="cpu")[0]
     with jax.default_device(cpu):
       model, imported = hf.load(path, merge_mode=config.merge_mode, param_dtype=config.param_dtype)
@@ -204,7 +210,7 @@ def load_params(path: str | pathlib.Path, config: PulseConfig, shardings: Mappin
   return restore_params(step_dir, target), step_dir
 
 
-def _check_architecture(path: pathlib.Path, stored: PulseConfig, config: PulseConfig) -> None:
+def _check_architecture(path: epath.Path, stored: PulseConfig, config: PulseConfig) -> None:
   differing = _architecture_differences(stored, config)
   if differing:
     raise CheckpointError(f"{path} does not hold the configured model (checkpoint vs config: "
@@ -221,7 +227,7 @@ def _architecture_differences(imported: PulseConfig, config: PulseConfig) -> lis
   return [f"{name}: {a!r} vs {b!r}" for name, a, b in pairs if a != b]
 
 
-def orbax_step_dir(path: pathlib.Path) -> pathlib.Path:
+def orbax_step_dir(path: epath.Path) -> epath.Path:
   """The Orbax step folder `path` names: itself (it holds state/), or the latest step in it or its checkpoints/.
 
   Raises:
@@ -237,7 +243,7 @@ def orbax_step_dir(path: pathlib.Path) -> pathlib.Path:
                         "Orbax step folder (<step>/state), or a training workdir or checkpoints/ folder holding steps")
 
 
-def restore_params(step_dir: pathlib.Path, abstract_params: Mapping) -> dict:
+def restore_params(step_dir: epath.Path, abstract_params: Mapping) -> dict:
   """The parameters of an Orbax training checkpoint (pulse_jax.checkpoint layout), without its optimizer state.
 
   Args:

@@ -19,15 +19,16 @@ Batch contract (numpy per process, global jax arrays inside the step):
   input_ids int32[B, T], attention_mask bool[B, T], loss_mask bool[B, T], pixel_values float32[B, V, 3, S, S],
   layout int32[B, F] (feature_layout), image_sizes int32[B, 2]; the data sources add example_id int[B].
 
-Workdir: checkpoints/ (pulse_jax.checkpoint), tensorboard/ (loss, learning_rate, grad_norm, tokens_per_second,
-step_time, mfu, eval/loss), data_order.txt (with train.log_data_order: "step id id ..." per step).
+Workdir (a local folder or a gs:// URI, read and written through etils.epath; gs:// needs the `tpu` or `gpu` extra's
+gcsfs): checkpoints/ (pulse_jax.checkpoint), tensorboard/ (loss, learning_rate, grad_norm, tokens_per_second,
+step_time, mfu, eval/loss), data_order.txt (with train.log_data_order, local workdirs only: "step id id ..." per
+step).
 """
 
 import argparse
 import contextlib
 import dataclasses
 import math
-import pathlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ import numpy as np
 import optax
 import tensorboardX
 import tqdm
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -295,11 +297,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   rules = parallel.logical_rules(config.mesh.rules)
   model_cfg = model_config(config.model)
   is_main = jax.process_index() == 0
-  workdir = pathlib.Path(workdir)
+  t = config.train
+  if t.log_data_order and "://" in str(workdir):
+    raise ConfigError(f"train.log_data_order appends to {workdir}/data_order.txt every step, which object stores "
+                      "cannot do: use a local workdir (or a mounted bucket) for it")
+  workdir = epath.Path(workdir)  # not pathlib, which reads gs://bucket/run as the local folder gs:/bucket/run
   workdir.mkdir(parents=True, exist_ok=True)
 
   # ----------------------------------------------------------------------------------------- input
-  t = config.train
   if t.global_batch % jax.process_count():
     raise ConfigError(f"train.global_batch {t.global_batch} does not split over {jax.process_count()} processes")
   local_batch = t.global_batch // jax.process_count()
@@ -330,9 +335,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
     state, step = step_fns.init(jnp.int32(t.seed)), 0
 
   # ----------------------------------------------------------------------------------------- eval hook
+  eval_input, eval_start = None, None
+
   def evaluate(state) -> float:
-    """Mean loss per loss token over the first train.eval_batches global batches of the eval split."""
-    eval_input = input_batches(config.data, model_cfg, split="eval", batch_size=local_batch, seed=None)
+    """Mean loss per loss token over the first train.eval_batches global batches of the eval split (opened once,
+    rewound each time: its reading threads and worker processes are started once per run)."""
+    nonlocal eval_input, eval_start
+    if eval_input is None:
+      eval_input = input_batches(config.data, model_cfg, split="eval", batch_size=local_batch, seed=None)
+      eval_start = eval_input.iterator.get_state()
+    else:
+      eval_input.iterator.set_state(eval_start)
     total = count = 0.0
     for _ in range(t.eval_batches):
       summed, tokens = step_fns.eval_loss(state, eval_input.next_global(mesh)[0])
@@ -341,15 +354,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
 
   # ----------------------------------------------------------------------------------------- loop
   status = 0
-  step_flops = flops.train_step_flops(model_cfg, batch=t.global_batch, seq_len=config.data.seq_len)
+  vision_trained = trains_any(step_fns.abstract_state["params"]["vision_tower"], t.frozen, "vision_tower")
   with checkpoint.PreemptionWatch() as preemption, _Progress(
-      workdir / "tensorboard", start=step, total=total_steps, log_every=t.log_every, step_flops=step_flops,
-      is_main=is_main) as progress:
+      workdir / "tensorboard", start=step, total=total_steps, log_every=t.log_every, is_main=is_main) as progress:
     while step < total_steps:
       batch, example_ids = train_input.next_global(mesh)
       state, metrics = step_fns.step(state, batch)
       step += 1
-      progress.record(step, metrics)
+      # The batch's own padded length (a bucket), which the step computes over, not data.seq_len.
+      progress.record(step, metrics, flops.train_step_flops(
+          model_cfg, batch=t.global_batch, seq_len=batch["input_ids"].shape[1], vision_trained=vision_trained))
       if t.log_data_order:
         _log_data_order(workdir / "data_order.txt", step, example_ids, is_main)
       evaluating = t.eval_every and (step % t.eval_every == 0 or step == total_steps)
@@ -372,6 +386,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   return status
 
 
+def trains_any(params: Mapping, frozen: str, prefix: str) -> bool:
+  """Whether any parameter of `params` (the subtree at `prefix`) escapes the `frozen` regex (trainable_filter)."""
+  pattern = re.compile(frozen) if frozen else None
+  paths = ["/".join([prefix, *(str(getattr(key, "key", key)) for key in path)])
+           for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  return any(pattern is None or not pattern.search(path) for path in paths)
+
+
 def _say(is_main: bool, message: str) -> None:
   if is_main:
     tqdm.tqdm.write(message)
@@ -382,15 +404,16 @@ class _Progress:
 
   Per step: loss, grad_norm, learning_rate. Per logging interval: step_time (seconds per step, wall clock,
   without the compiling first step, evaluations and the blocking part of checkpoint saves), tokens_per_second
-  (real tokens, padding excluded) and mfu (model FLOPs of pulse_jax.flops over the devices' bf16 peak; not on
-  CPUs, whose peak is unknown).
+  (real tokens, padding excluded) and mfu (the steps' model FLOPs, pulse_jax.flops at each batch's padded length,
+  over the devices' bf16 peak; not on CPUs, whose peak is unknown). The bar shows loss, tokens/s, s/step and MFU.
   """
 
-  def __init__(self, logdir: pathlib.Path, *, start: int, total: int, log_every: int, step_flops: float,
-               is_main: bool):
-    self._is_main, self._log_every, self._total, self._step_flops = is_main, log_every, total, step_flops
+  def __init__(self, logdir: epath.Path, *, start: int, total: int, log_every: int, is_main: bool,
+               clock: Callable[[], float] = time.perf_counter):
+    self._is_main, self._log_every, self._total, self._clock = is_main, log_every, total, clock
     self._peak = flops.peak_flops(jax.devices()[0].device_kind)
-    self._pending, self._first_step, self._timer = [], start + 1, (time.perf_counter(), start)
+    self._pending, self._first_step, self._timer = [], start + 1, (clock(), start)
+    self._flops = 0.0  # model FLOPs of the steps since the timer started
     self._bar = tqdm.tqdm(total=total, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
     self._writer = tensorboardX.SummaryWriter(str(logdir)) if is_main else None
 
@@ -402,8 +425,8 @@ class _Progress:
     if self._writer is not None:
       self._writer.close()
 
-  def record(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
-    """Takes the step's metrics (device arrays) and reports at logging steps.
+  def record(self, step: int, metrics: Mapping[str, jax.Array], step_flops: float) -> None:
+    """Takes the step's metrics (device arrays) and model FLOPs, and reports at logging steps.
 
     Waits for the previous step first: one step stays queued behind the running one (the device never idles on
     the host), and the bar advances at the rate steps finish, not at the rate they are dispatched.
@@ -412,6 +435,7 @@ class _Progress:
       jax.block_until_ready(self._pending[-1])
     self._bar.update(1)
     self._pending.append(metrics)
+    self._flops += step_flops
     if not (step == self._first_step or step % self._log_every == 0 or step == self._total):
       return
     fetched, self._pending = jax.device_get(self._pending), []  # waits for this step only
@@ -420,23 +444,24 @@ class _Progress:
                    {name: float(m[name]) for name in ("loss", "grad_norm", "learning_rate")})
     postfix = {"loss": f"{float(fetched[-1]['loss']):.4f}"}
     if step > self._first_step:  # the first step includes compilation: time from its end
-      elapsed = time.perf_counter() - self._timer[0]
+      elapsed = self._clock() - self._timer[0]
       step_time = elapsed / (step - self._timer[1])
       throughput = {"step_time": step_time, "tokens_per_second": sum(int(m["tokens"]) for m in fetched) / elapsed}
-      if self._peak:
-        throughput["mfu"] = self._step_flops / (step_time * jax.device_count() * self._peak)
-      self.scalars(step, throughput)
       postfix.update(tok_s=f"{throughput['tokens_per_second']:,.0f}", s_step=f"{step_time:.3f}")
+      if self._peak:
+        throughput["mfu"] = self._flops / (elapsed * jax.device_count() * self._peak)
+        postfix.update(mfu=f"{throughput['mfu']:.1%}")
+      self.scalars(step, throughput)
     self._bar.set_postfix(postfix)
-    self._timer = (time.perf_counter(), step)
+    self._timer, self._flops = (self._clock(), step), 0.0
 
   @contextlib.contextmanager
   def paused(self, state):
     """Leaves the time spent inside out of the step time (after waiting for `state`, the step's own work)."""
     jax.block_until_ready(state)
-    start = time.perf_counter()
+    start = self._clock()
     yield
-    self._timer = (self._timer[0] + time.perf_counter() - start, self._timer[1])
+    self._timer = (self._timer[0] + self._clock() - start, self._timer[1])
 
   def scalars(self, step: int, values: Mapping[str, float], *, announce: bool = False) -> None:
     if self._writer is not None:
@@ -450,7 +475,7 @@ class _Progress:
       self._bar.write(message)
 
 
-def _log_data_order(path: pathlib.Path, step: int, local_ids: np.ndarray, is_main: bool) -> None:
+def _log_data_order(path: epath.Path, step: int, local_ids: np.ndarray, is_main: bool) -> None:
   """Appends "step id id ..." with the example ids of the whole global batch (all processes' rows)."""
   ids = multihost_utils.process_allgather(np.asarray(local_ids), tiled=True)
   if is_main:

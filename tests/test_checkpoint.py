@@ -5,7 +5,6 @@ import logging
 import os
 import pathlib
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from tensorboardX.proto import event_pb2
 
 from pulse_jax import checkpoint, train
 from pulse_jax.config import model_config
@@ -22,7 +20,8 @@ from pulse_jax.convert import hf, orbax_params
 from pulse_jax.errors import CheckpointError
 from pulse_jax.models import PulseModel
 from tests.conftest import REPO_ROOT
-from tests.train_helpers import SMALL_OVERRIDES, TINY_CONFIG, small_config, small_train_step
+from tests.train_helpers import (SMALL_OVERRIDES, TINY_CONFIG, small_config, small_train_step,
+                                 tensorboard_scalars)
 
 
 def _random_state(abstract_state, seed=0) -> dict:
@@ -114,6 +113,11 @@ def test_unreadable_checkpoints_fall_back_to_the_newest_readable_one(config, tmp
   loader.wait()
   assert loader.latest_step() == 4
   loader.close()
+  _delete_manifest(tmp_path / "4")  # ... which is lost again: set aside beside the first one
+  loader = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  assert loader.restore_latest(step_fns.abstract_state, _iterator(config))[1] == 2
+  loader.close()
+  assert (tmp_path / "4.unreadable").is_dir() and (tmp_path / "4.unreadable.1").is_dir()
 
 
 def test_checkpoint_of_another_model_is_an_error_not_a_fallback(config, tmp_path):
@@ -223,20 +227,6 @@ def _data_order(workdir: pathlib.Path) -> dict[int, list[int]]:
   return order
 
 
-def _tensorboard_scalars(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
-  """tag -> [(step, value)] from the event files in `logdir` (TFRecord framing: length, crc, event, crc)."""
-  scalars = {}
-  for file in logdir.glob("events.out.tfevents.*"):
-    data, position = file.read_bytes(), 0
-    while position < len(data):
-      (length,) = struct.unpack("<Q", data[position:position + 8])
-      event = event_pb2.Event.FromString(data[position + 12:position + 12 + length])
-      position += 12 + length + 4
-      for value in event.summary.value:
-        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return scalars
-
-
 def _final_state(workdir: pathlib.Path, config) -> dict[str, np.ndarray]:
   step_fns = small_train_step(config, (1, 1, 1))
   loader = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=3)
@@ -274,7 +264,7 @@ def test_killed_and_preempted_runs_resume_bit_identical(tmp_path):
   assert f"resumed from {run_dir / 'checkpoints' / str(preempted_at)}" in output
   _finish(reference, logs["reference"], 0)
 
-  scalars = _tensorboard_scalars(reference_dir / "tensorboard")
+  scalars = tensorboard_scalars(reference_dir / "tensorboard")
   assert sorted(step for step, _ in scalars["loss"]) == list(range(1, STEPS + 1))
   assert {"grad_norm", "learning_rate", "step_time", "tokens_per_second"} <= scalars.keys()
   assert all(value > 0 for _, value in scalars["tokens_per_second"])

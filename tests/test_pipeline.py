@@ -267,14 +267,21 @@ def test_global_arrays_on_the_mesh(setup):
     np.testing.assert_array_equal(np.asarray(array), local[name])
 
 
-def test_worker_processes_give_the_same_batches(setup):
+def test_worker_processes_give_the_same_batches_and_resume(setup):
+  """data.workers > 0 (grain mp_prefetch, as configs/pulse_7b.py runs): the batches of the in-process pipeline,
+  and a position saved after two batches resumes, in a new pipeline, with the third."""
   data, config, _ = setup
-  in_process = take(pipeline.batches(data, config, split="train", batch_size=2, seed=1), 2)
+  ids = lambda batches: [b["example_id"].tolist() for b in batches]
+  in_process = ids(take(pipeline.batches(data, config, split="train", batch_size=2, seed=1), 4))
   workers = pipeline.batches(dict(data, workers=1), config, split="train", batch_size=2, seed=1)
+  resumed = pipeline.batches(dict(data, workers=1), config, split="train", batch_size=2, seed=1)
   try:
-    assert [b["example_id"].tolist() for b in take(workers, 2)] == [b["example_id"].tolist() for b in in_process]
+    assert ids(take(workers, 2)) == in_process[:2]
+    resumed.iterator.set_state(workers.iterator.get_state())
+    assert ids(take(resumed, 2)) == in_process[2:]
   finally:
     workers.iterator.close()
+    resumed.iterator.close()
 
 
 def test_malformed_conversations_are_skipped_and_counted(setup, tmp_path):
@@ -330,10 +337,30 @@ def _data_order(workdir) -> dict[int, list[int]]:
                                             .splitlines())}
 
 
-def test_trainer_reads_the_build_and_resumes_exactly(setup, tmp_path):
+def test_trainer_reads_the_build_and_resumes_exactly(setup, tmp_path, monkeypatch):
   """data.source="tfds": the trainer draws ECGInstruct batches (several buckets, so several compiled lengths) and a
-  run stopped at step 2 and restarted continues with the same examples as an uninterrupted one."""
-  _train_on_the_build(setup, tmp_path / "straight", steps=4)
+  run stopped at step 2 and restarted continues with the same examples as an uninterrupted one. Its evaluations
+  (steps 2 and 4) open the eval split once and read the same first batch each time."""
+  opened, evaluated = [], []
+  open_input, next_global = train.input_batches, train.Input.next_global
+
+  def counted_open(*args, split, **kwargs):
+    batches = open_input(*args, split=split, **kwargs)
+    if split == "eval":
+      opened.append(batches)
+    return batches
+
+  def recorded_next(self, mesh):
+    batch, ids = next_global(self, mesh)
+    if any(self is eval_input for eval_input in opened):
+      evaluated.append(ids.tolist())
+    return batch, ids
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train, "input_batches", counted_open)
+    patch.setattr(train.Input, "next_global", recorded_next)
+    _train_on_the_build(setup, tmp_path / "straight", steps=4)
+  assert len(opened) == 1 and len(evaluated) == 2 and evaluated[0] == evaluated[1]
   _train_on_the_build(setup, tmp_path / "stopped", steps=2)
   _train_on_the_build(setup, tmp_path / "stopped", steps=4)
   straight, resumed = _data_order(tmp_path / "straight"), _data_order(tmp_path / "stopped")

@@ -15,7 +15,7 @@ from pulse_jax.config import model_config
 from pulse_jax.data import standin
 from pulse_jax.errors import ConfigError
 from pulse_jax.models import PulseModel, feature_layout, num_image_tokens
-from tests.train_helpers import first_batches, small_config, small_train_step
+from tests.train_helpers import first_batches, small_config, small_train_step, tensorboard_scalars
 
 # (mesh shape, rule preset, gradient-accumulation micro-batches); the first is the one-device reference.
 MESHES = (((1, 1, 1), "fsdp", 1), ((8, 1, 1), "fsdp_tensor", 1), ((1, 8, 1), "fsdp", 1),
@@ -218,6 +218,76 @@ def test_flops_count_every_matmul_weight_of_the_model():
       + 3 * projector * views
   assert flops.peak_flops("TPU v5 lite") == 197e12 and flops.peak_flops("TPU v5p") == 459e12
   assert flops.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and flops.peak_flops("cpu") is None
+
+
+def test_progress_reports_mfu_of_each_steps_own_flops(tmp_path, monkeypatch):
+  """MFU over a logging interval = the model FLOPs of its steps (each at its batch's padded length) / (its wall
+  time x devices x peak); the compiling first step is left out. Here log_every 2 over 4 steps."""
+  monkeypatch.setattr(flops, "peak_flops", lambda kind: 1e9)
+  clock = iter([0.0, 1.0, 3.0, 3.0, 7.0, 7.0])  # start, end of step 1, step 2 (logged), step 4 (logged)
+  metrics = {"loss": jnp.float32(2.0), "grad_norm": jnp.float32(1.0), "learning_rate": jnp.float32(1e-3),
+             "tokens": jnp.int32(100)}
+  with train._Progress(tmp_path, start=0, total=4, log_every=2, is_main=True, clock=lambda: next(clock)) as progress:
+    for step, step_flops in enumerate((5e9, 6e9, 7e9, 8e9), start=1):
+      progress.record(step, metrics, step_flops)
+  scalars = tensorboard_scalars(tmp_path)
+  devices = jax.device_count()
+  assert scalars["mfu"] == [(2, pytest.approx(6e9 / (2.0 * devices * 1e9))),
+                            (4, pytest.approx((7e9 + 8e9) / (4.0 * devices * 1e9)))]
+  assert scalars["step_time"] == [(2, 2.0), (4, 2.0)] and scalars["tokens_per_second"] == [(2, 50.0), (4, 50.0)]
+
+
+def test_workdirs_may_be_uris_but_data_order_needs_a_local_one():
+  """gs:// workdirs go through etils.epath (pathlib would make gs://bucket/run the local folder gs:/bucket/run);
+  the per-step data-order log appends, which an object store cannot, so it is refused before anything starts."""
+  with pytest.raises(ConfigError, match="gs://bucket/run/data_order.txt.*local workdir"):
+    train.train(small_config("train.log_data_order=True"), "gs://bucket/run")
+
+
+def test_trained_parts_are_found_from_the_frozen_regex(small):
+  config, _ = small
+  tower = nnx.to_pure_dict(nnx.state(_model(config)))["vision_tower"]
+  assert not train.trains_any(tower, r"^vision_tower/", "vision_tower")
+  assert train.trains_any(tower, "", "vision_tower")
+  assert train.trains_any(tower, r"^vision_tower/layers/", "vision_tower")  # the embeddings still train
+  assert not train.trains_any(tower, r"^vision_tower/(layers|embeddings|pre_layrnorm|post_layernorm)/",
+                               "vision_tower")
+
+
+def test_multi_host_groups_come_from_the_environment(monkeypatch):
+  """GPU clusters name the group in JAX_* variables (the launchers set them); SLURM and TPU VMs let JAX find it."""
+  calls = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(parallel, "_on_cloud_tpu_vm", lambda: False)
+  parallel.initialize_distributed({})
+  parallel.initialize_distributed({"SLURM_NTASKS": "1"})
+  assert calls == []  # one process: nothing to join
+  parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+                                   "JAX_PROCESS_ID": "2"})
+  assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2)]
+  parallel.initialize_distributed({"SLURM_NTASKS": "16"})
+  monkeypatch.setattr(parallel, "_on_cloud_tpu_vm", lambda: True)
+  parallel.initialize_distributed({})
+  assert calls[1:] == [{}, {}]
+  with pytest.raises(ConfigError, match="JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES, JAX_PROCESS_ID"):
+    parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
+def test_rematerialisation_changes_memory_not_results(runs, small, remat):
+  """model.remat recomputes activations in the backward pass (configs/pulse_7b.py uses "full"): the same
+  losses, gradient norms and parameters as storing them (tiny's "none")."""
+  config, batches = small
+  losses, initial, final, metrics = runs[(1, 1, 1)]
+  step_fns = small_train_step(small_config(f"model.remat={remat}"), (1, 1, 1))
+  mesh = step_fns.abstract_batch["input_ids"].sharding.mesh
+  state = jax.device_put(initial, step_fns.state_shardings)
+  for batch, want in zip(batches, metrics):
+    state, got = step_fns.step(state, parallel.global_batch({k: batch[k] for k in train.STEP_INPUTS}, mesh))
+    np.testing.assert_allclose([got["loss"], got["grad_norm"]], [want["loss"], want["grad_norm"]], rtol=1e-5)
+  for name, value in _flat(jax.device_get(state)).items():
+    np.testing.assert_allclose(value, _flat(final)[name], atol=5e-5, rtol=0, err_msg=name)  # as across meshes
 
 
 def test_the_model_learns_an_answer_only_the_image_gives():

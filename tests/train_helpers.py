@@ -5,9 +5,13 @@ views) and 48-token sequences, so a train step compiles in seconds; every dimens
 mesh axes.
 """
 
+import pathlib
+import struct
+
 import jax
 import ml_collections
 import numpy as np
+from tensorboardX.proto import event_pb2
 
 from pulse_jax import parallel, train
 from pulse_jax.config import apply_overrides, load_config, model_config
@@ -46,3 +50,17 @@ def first_batches(config: ml_collections.ConfigDict, count: int) -> list[dict[st
   batches = train.input_batches(config.data, model_config(config.model), split="train",
                                 batch_size=config.train.global_batch, seed=config.data.seed).iterator
   return [next(batches) for _ in range(count)]
+
+
+def tensorboard_scalars(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+  """tag -> [(step, value)] from the event files in `logdir` (TFRecord framing: length, crc, event, crc)."""
+  scalars = {}
+  for file in logdir.glob("events.out.tfevents.*"):
+    data, position = file.read_bytes(), 0
+    while position < len(data):
+      (length,) = struct.unpack("<Q", data[position:position + 8])
+      event = event_pb2.Event.FromString(data[position + 12:position + 12 + length])
+      position += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
