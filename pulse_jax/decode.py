@@ -146,7 +146,10 @@ def _choose(logits: jax.Array, rng: jax.Array, step: jax.Array, sampling: Sampli
     mass_before = jnp.cumsum(probs, -1) - probs  # exactly 0 for the most probable token: it is always kept
     cutoff = jnp.min(jnp.where(mass_before < sampling.top_p, ranked, jnp.inf), -1, keepdims=True)
     logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
-  keys = jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(rng, step), row))(jnp.arange(len(logits)))
+  if rng.ndim:  # a key per row
+    keys = jax.vmap(lambda key: jax.random.fold_in(key, step))(rng)
+  else:
+    keys = jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(rng, step), row))(jnp.arange(len(logits)))
   return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
@@ -241,7 +244,8 @@ def generate(model: PulseModel, config: PulseConfig, prompts: Sequence[Sequence[
     eos_id: the end-of-answer token (LLaMA's "</s>" = 2); pad_id: filler after each row's end.
     temperature: 0 = greedy (the paper's setting); > 0 samples from softmax(logits / temperature).
     top_p: nucleus sampling mass (with temperature > 0).
-    rng: PRNG key for sampling (default jax.random.key(0)); the same key gives the same tokens.
+    rng: PRNG key for sampling (default jax.random.key(0)), or keys [B], one per row, whose rows then sample
+      the same tokens whatever batch they are in; the same key(s) give the same tokens.
     buckets: allowed padded prompt lengths (see the module docstring).
     pad_batch_to: fill the batch with inert rows up to this many, so that a last, smaller batch reuses the
       executable compiled for full ones.
@@ -258,10 +262,13 @@ def generate(model: PulseModel, config: PulseConfig, prompts: Sequence[Sequence[
   rows = -(-max(batch, pad_batch_to or 0) // shards) * shards
   ids, mask = _left_pad(prompts, bucket_length(max(map(len, prompts)), buckets), rows, pad_id)
   inputs = (ids, mask, _pad_rows(pixel_values, rows), _pad_rows(layout, rows), np.arange(rows) < batch)
+  rng = _rng(rng)
+  if rng.ndim:  # inert rows sample with the last row's key
+    rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], rows - batch, axis=0)])
   if mesh is not None:
     inputs = tuple(None if a is None else jax.device_put(a, parallel.batch_sharding(mesh, a.ndim)) for a in inputs)
   graphdef, params = nnx.split(model)
-  state = _generate_batch(graphdef, params, *inputs, _rng(rng), sampling=sampling, mesh=mesh)
+  state = _generate_batch(graphdef, params, *inputs, rng, sampling=sampling, mesh=mesh)
   tokens, lengths = jax.device_get((state.tokens, state.lengths))
   return np.asarray(tokens[:batch]), np.asarray(lengths[:batch])
 

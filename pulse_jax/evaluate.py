@@ -44,23 +44,26 @@ import datetime
 import io
 import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pulse_jax import checkpoint, decode, metrics, parallel
+from pulse_jax import checkpoint, decode, jsonl, metrics, parallel
 from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
 from pulse_jax.convert import hf
 from pulse_jax.data import pipeline
@@ -68,7 +71,7 @@ from pulse_jax.data.conversation import encode_prompt
 from pulse_jax.data.examples import conversations_of, decode_text
 from pulse_jax.data.image_processor import for_model, load_image, preprocess
 from pulse_jax.data.tokenizer import IMAGE_TOKEN, MODEL_FILE_NAME, Tokenizer
-from pulse_jax.ecg.skips import SkipCounter
+from pulse_jax.ecg.skips import SkipCounter, note_skip
 from pulse_jax.errors import ConfigError, DataError, ImageError
 from pulse_jax.judge import JudgeClient, JudgeConfig
 from pulse_jax.models.config import PulseConfig
@@ -95,10 +98,10 @@ class LoadedModel:
   tokenizer: Tokenizer
   model_id: str
   tag: str
-  path: pathlib.Path
+  path: epath.Path
 
 
-def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh, rules: parallel.Rules, *,
+def load_model(path: str | os.PathLike, config: PulseConfig | None, mesh: Mesh, rules: parallel.Rules, *,
                tokenizer: str = "", default_tokenizer: str = "") -> LoadedModel:
   """Loads weights (an Orbax checkpoint or a Hugging Face folder, see the module docstring) onto `mesh`.
 
@@ -114,7 +117,7 @@ def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh,
     CheckpointError: no checkpoint at `path`, or one that does not fit `config`.
     ConfigError: no tokenizer, or one whose <image> id is not config.image_token_id.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # an Orbax checkpoint may be on gs://
   hf_folder = checkpoint.is_hf_folder(path)
   if config is None:
     if not hf_folder:
@@ -124,7 +127,7 @@ def load_model(path: str | pathlib.Path, config: PulseConfig | None, mesh: Mesh,
     abstract_model = nnx.eval_shape(lambda: PulseModel(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract_model)
   params, source = checkpoint.load_params(path, config, parallel.state_shardings(abstract_state, mesh, rules))
-  source = source.resolve()
+  source = source if "://" in str(source) else source.resolve()  # names a relative path's folders
   if hf_folder:
     model_id = tag = source.name
     tokenizer = tokenizer or (str(path) if (path / MODEL_FILE_NAME).is_file() else "")
@@ -197,11 +200,12 @@ def select_sets(requested: Sequence[str], available: Sequence[str], builder: str
   return [name for name in (requested or metrics.BENCH_SETS) if name in available]
 
 
-def read_set(data: Mapping[str, Any], name: str) -> list[BenchItem]:
-  """The items of set `name` in split order.
+def read_set(data: Mapping[str, Any], name: str, skipped: SkipCounter | None = None) -> list[BenchItem]:
+  """The items of set `name` in split order; an item without a question or a gold answer is skipped and counted
+  in `skipped` (logged as a warning without one).
 
   Raises:
-    DataError: two items share an id (predictions are matched by id), or an item has no human or gpt turn.
+    DataError: two items share an id (predictions are matched by id: the build itself is wrong).
   """
   source = pipeline.source(bench_data(data), name)
   multi_turn = metrics.BENCH_SETS[name].kind == "arena"
@@ -217,7 +221,10 @@ def read_set(data: Mapping[str, Any], name: str) -> list[BenchItem]:
     questions = tuple(t["value"] for t in turns if t["from"] == "human")
     answers = tuple(t["value"] for t in turns if t["from"] == "gpt")
     if not questions or not answers:
-      raise DataError(f"{data['bench_builder']} {name}: item {question_id} has no question or no gold answer")
+      note_skip(skipped, question_id, DataError(
+          f"{data['bench_builder']} {name}: item {question_id} has no question or no gold answer",
+          reason="no question or gold answer"))
+      continue
     turn_count = len(questions) if multi_turn else 1
     items.append(BenchItem(index=index, question_id=question_id, questions=questions[:turn_count],
                            answers=answers[:turn_count], labels=tuple(decode_text(l) for l in example["labels"]),
@@ -238,23 +245,42 @@ def read_predictions(path: pathlib.Path) -> dict[str, dict]:
   Raises:
     DataError: a complete line that is not a JSON record with a question_id.
   """
-  if not path.is_file():
-    return {}
-  content = path.read_bytes()
-  complete = content.rfind(b"\n") + 1
-  if complete < len(content):
-    with path.open("r+b") as f:
-      f.truncate(complete)
   records = {}
-  for number, line in enumerate(content[:complete].decode("utf-8").splitlines(), 1):
-    if not line.strip():
-      continue
+  for number, line in jsonl.complete_lines(path):
     try:
       record = json.loads(line)
       records[record["question_id"]] = record
     except (json.JSONDecodeError, KeyError, TypeError) as e:
       raise DataError(f"{path}: line {number} is not a prediction record ({e}); remove it to continue") from e
   return records
+
+
+RUN_FILE = "run.json"
+
+
+def claim_output_folder(out_dir: pathlib.Path, identity: Mapping[str, Any]) -> None:
+  """Records which weights and generation settings answer into `out_dir` (its run.json), or checks that they
+  are the ones that already did: a rerun only adds the missing answers, so a run of other weights or settings
+  (another run's step of the same number, a second Hugging Face folder of the same name) must not mix into them.
+
+  Raises:
+    ConfigError: `out_dir` holds the answers of other weights or settings; the message says what differs.
+  """
+  path = out_dir / RUN_FILE
+  if not path.is_file():
+    partial = path.with_name(f"{RUN_FILE}.incomplete")
+    partial.write_text(json.dumps(identity, indent=1) + "\n")
+    partial.rename(path)
+    return
+  try:
+    previous = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path} is not JSON ({e}); remove it if the answers in {out_dir} are this model's") from e
+  differing = [f"{key}: {previous.get(key)!r} there, {value!r} now" for key, value in identity.items()
+               if previous.get(key) != value]
+  if differing:
+    raise ConfigError(f"{out_dir} holds answers of other weights or settings ({'; '.join(differing)}); they "
+                      "would mix with this run's: use another --workdir, or remove the folder to start it again")
 
 
 def append_predictions(path: pathlib.Path, records: Iterable[Mapping[str, Any]]) -> None:
@@ -323,6 +349,13 @@ def model_image(image: Image.Image, config: PulseConfig, name: str) -> ModelImag
                     num_image_tokens(processed.image_size, config))
 
 
+def row_key(seed: int, question_id: str, turn: int) -> jax.Array:
+  """The sampling key of one question of an item: from the seed, the item and the turn alone, so that a sampled
+  answer does not depend on the batch it falls in, and a resumed run draws what an uninterrupted one does."""
+  item = pipeline.example_hash(question_id) & 0x7FFFFFFF
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), item), turn)
+
+
 class Generator:
   """Answers batches of benchmark items with one model (see the module docstring for batching)."""
 
@@ -331,7 +364,6 @@ class Generator:
     self.settings = settings
     self.mesh = mesh
     self.new_tokens = 0
-    self._calls = 0
 
   def sort_length(self, item: BenchItem) -> int:
     """About the first prompt's token count, for ordering items: the question's tokens plus the image features
@@ -371,23 +403,23 @@ class Generator:
           continue
         rows.append(row)
       if rows:
-        texts = self._generate(prompts, [images[row] for row in rows])
+        texts = self._generate(prompts, [images[row] for row in rows],
+                               [row_key(self.settings.seed, items[row].question_id, turn) for row in rows])
         for row, text in zip(rows, texts):
           answers[row].append(text)
     return answers
 
-  def _generate(self, prompts: list[np.ndarray], images: list[ModelImage]) -> list[str]:
-    """Decoded answers for the prompts, in one decode.generate call of batch_size rows (the last row repeated)."""
+  def _generate(self, prompts: list[np.ndarray], images: list[ModelImage], keys: list[jax.Array]) -> list[str]:
+    """Decoded answers for the prompts, in one decode.generate call of batch_size rows (the last row repeated),
+    each row sampled (temperature > 0) with its own key."""
     fill = self.settings.batch_size - len(prompts)
-    prompts, images = prompts + prompts[-1:] * fill, images + images[-1:] * fill
+    prompts, images, keys = prompts + prompts[-1:] * fill, images + images[-1:] * fill, keys + keys[-1:] * fill
     settings, tokenizer = self.settings, self.loaded.tokenizer
     tokens, lengths = decode.generate(
         self.loaded.model, self.loaded.config, prompts, np.stack([i.pixel_values for i in images]),
         np.stack([i.layout for i in images]), max_new_tokens=settings.max_new_tokens, eos_id=tokenizer.eos_id,
         pad_id=tokenizer.pad_id, temperature=settings.temperature, top_p=settings.top_p,
-        rng=jax.random.fold_in(jax.random.key(settings.seed), self._calls), buckets=settings.buckets,
-        mesh=self.mesh)
-    self._calls += 1
+        rng=jnp.stack(keys), buckets=settings.buckets, mesh=self.mesh)
     real = len(prompts) - fill
     self.new_tokens += int(lengths[:real].sum())
     return [tokenizer.decode(tokens[row, :lengths[row]]).strip() for row in range(real)]
@@ -574,6 +606,8 @@ def write_report(out_dir: pathlib.Path, summary: Mapping[str, Any], results: Map
                  f"{_cell(info['skipped'])} | {_cell(paper.get('n_unparsed'))} / {_cell(strict.get('n_unparsed'))} |")
   errors = [f"- {name} ({mode}): {result['error']}" for name, modes in results.items()
             for mode, result in modes.items() if "error" in result]
+  errors += [f"- {name} ({mode}), judge only (offline scores above): {result['judge_error']}"
+             for name, modes in results.items() for mode, result in modes.items() if "judge_error" in result]
   lines += ["", "## Scores", "",
             "x100; Hamming loss is lower-is-better. *paper rules* score as AIMedLab/PULSE evaluate_ecgbench.py does, "
             "*strict* fixes its known defects (pulse_jax/metrics.py). PULSE-7B, GPT-4o and Random are the paper's "
@@ -614,6 +648,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
     checkpoint_path: the weights (default: the latest checkpoint in workdir/checkpoints).
     tokenizer: overrides data.tokenizer (and a Hugging Face folder's own).
   """
+  if "://" in str(workdir):
+    raise ConfigError(f"eval --workdir {workdir}: predictions are appended as they are made, which object stores "
+                      "cannot do; use a local folder (or a mounted bucket); --checkpoint may be on gs://")
   workdir = pathlib.Path(workdir)
   data, section = config.data, config.eval
   available = built_sets(data)
@@ -625,12 +662,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
                       default_tokenizer=data.tokenizer)
   out_dir = workdir / "eval" / loaded.tag / data.bench_builder.replace("/", "-")
   out_dir.mkdir(parents=True, exist_ok=True)
+  claim_output_folder(out_dir, {
+      "model_id": loaded.model_id, "checkpoint": str(loaded.path), "tokenizer": str(loaded.tokenizer.path),
+      "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
+      "seed": settings.seed})
   generator = Generator(loaded, settings, mesh)
   judge = make_judge(section.judge, out_dir / "judge_cache.jsonl")
 
   skips = {}
   for name in names:
-    skips[name] = generate_set(name, read_set(data, name), generator, out_dir / f"{name}.jsonl")
+    skips[name] = SkipCounter()
+    items = read_set(data, name, skips[name])
+    skips[name].merge(generate_set(name, items, generator, out_dir / f"{name}.jsonl"))
     if skips[name].total:
       tqdm.tqdm.write(f"{name}: {skips[name].summary()}")
 

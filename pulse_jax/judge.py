@@ -15,10 +15,12 @@ The rubric texts are ours, paraphrasing the paper's: anchors at 10/5/0, only the
 counts, length is ignored.
 
 Failures: HTTP 429 and 5xx, connection errors and timeouts are retried with exponential backoff (a longer
-Retry-After is honoured); after the last attempt, or at once on any other HTTP status or a reply that is not a
-chat completion, JudgeError names the URL and the cause. An answer that is not a JSON object holding a numeric
-0-10 score for every aspect is a failed sample: counted in `judge_failed`, listed with its reason in
-`judge_failures`, left out of the means, never scored 0.
+Retry-After is honoured). A sample the endpoint refuses as a request (HTTP 400, 413, 422: a content filter, a
+prompt too long), or whose answer is not a JSON object holding a numeric 0-10 score for every aspect, is a failed
+sample: counted in `judge_failed`, listed with its reason in `judge_failures`, left out of the means, never
+scored 0. Anything else stops the set's judging with JudgeError naming the URL and the cause (retries exhausted,
+another HTTP status such as 401 or 404, a reply that is not a chat completion); the set keeps its offline scores
+and the report names the error (metrics.score_set).
 """
 
 import concurrent.futures
@@ -26,6 +28,7 @@ import dataclasses
 import hashlib
 import http.client
 import json
+import logging
 import math
 import os
 import pathlib
@@ -40,6 +43,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pulse_jax import jsonl
 from pulse_jax.errors import ConfigError, DataError, JudgeError
 
 REPORT_ASPECTS: tuple[str, ...] = ("Diagnosis", "Form", "Rhythm")
@@ -236,6 +240,25 @@ def _message_content(payload: bytes, url: str) -> str:
   return content if isinstance(content, str) else ""  # a refusal without content fails that sample only
 
 
+_logger = logging.getLogger(__name__)
+
+# HTTP statuses that refuse one request for what it holds, not the client: they fail that sample alone.
+SAMPLE_REFUSALS = ("HTTP 400", "HTTP 413", "HTTP 422")
+
+
+def _read_cache(path: pathlib.Path) -> dict[str, str]:
+  """{key: content} of a judge cache file ({} when there is none; a line cut by a kill is dropped, see
+  jsonl.complete_lines); a line that is not a cache entry is skipped with a warning (its answer is asked again)."""
+  cache = {}
+  for number, line in jsonl.complete_lines(path):
+    try:
+      entry = json.loads(line)
+      cache[entry["key"]] = entry["content"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      _logger.warning("%s: line %d is not a judge cache entry (%s); its answer will be asked again", path, number, e)
+  return cache
+
+
 class JudgeClient:
   """Calls the judge, retrying transient failures, optionally caching answers in a JSONL file.
 
@@ -256,13 +279,7 @@ class JudgeClient:
     self._sleep = sleep
     self._lock = threading.Lock()
     self._cache_path = pathlib.Path(cache_path) if cache_path is not None else None
-    self._cache: dict[str, str] = {}
-    if self._cache_path is not None and self._cache_path.exists():
-      with self._cache_path.open(encoding="utf-8") as f:
-        for line in f:
-          if line.strip():
-            entry = json.loads(line)
-            self._cache[entry["key"]] = entry["content"]
+    self._cache = _read_cache(self._cache_path) if self._cache_path is not None else {}
 
   def complete(self, prompt: str) -> str:
     """The judge's answer (message content) to one user message."""
@@ -310,10 +327,16 @@ class JudgeClient:
                      reason="judge unavailable")
 
   def judge(self, prompts: Sequence[str], aspects: Sequence[str]) -> list[Judgement]:
-    """One Judgement per prompt, in order; `config.workers` requests in flight. JudgeError stops the run."""
+    """One Judgement per prompt, in order; `config.workers` requests in flight. A refused request fails its
+    sample only; any other JudgeError stops the judging (module docstring)."""
 
     def one(prompt: str) -> Judgement:
-      content = self.complete(prompt)
+      try:
+        content = self.complete(prompt)
+      except JudgeError as e:
+        if e.reason not in SAMPLE_REFUSALS:
+          raise
+        return Judgement(None, str(e), None)
       try:
         return Judgement(parse_scores(content, aspects), None, content)
       except ValueError as e:

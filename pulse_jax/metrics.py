@@ -59,7 +59,7 @@ import collections
 import dataclasses
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,7 +68,7 @@ from sklearn.preprocessing import MultiLabelBinarizer
 
 from pulse_jax.ecg.readers import CODE15_LABELS, PTBXL_SUPERCLASSES
 from pulse_jax.ecg.snomed import CPSC_LABELS
-from pulse_jax.errors import ConfigError, DataError
+from pulse_jax.errors import ConfigError, DataError, JudgeError
 
 if TYPE_CHECKING:
   from pulse_jax.judge import JudgeClient
@@ -586,13 +586,21 @@ def score_set(name: str, predictions: Sequence[Any], golds: Sequence[Any], promp
   elif bench.kind == "report":
     result |= report_proxy_scores(predictions, golds)
     if judge is not None:
-      result |= judge.score_reports(predictions, golds)
+      result |= _judged(lambda: judge.score_reports(predictions, golds))
   else:
     result |= report_proxy_scores(["\n".join(answers) for answers in predictions],
                                   ["\n".join(turn["answer"] for turn in turns) for turns in golds])
     if judge is not None:
-      result |= judge.score_arena(golds, predictions)
+      result |= _judged(lambda: judge.score_arena(golds, predictions))
   return result
+
+
+def _judged(scoring: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+  """The judge's scores, or {"judge_error": why} when the judge cannot be used: the offline scores stand."""
+  try:
+    return scoring()
+  except JudgeError as e:
+    return {"judge_error": str(e)}
 
 
 def majority_baseline(name: str, golds: Sequence[Any], prompts: Sequence[str] | None = None) -> dict[str, Any] | None:

@@ -142,6 +142,22 @@ def test_sampling_is_reproducible_and_top_p_to_zero_is_greedy(model, config, bat
   np.testing.assert_array_equal(sample(3, top_p=1e-6), reference)
 
 
+def test_a_key_per_row_samples_the_same_row_in_any_batch(model, config, batch):
+  """With keys [B], a row's sample depends on its prompt and key only: not on its position, its companions, the
+  batch's padding to more rows, or a mesh (evaluation resumes sampled runs on this)."""
+  prompts, pixels, layout = batch
+  keys = jnp.stack([jax.random.key(k) for k in (7, 8, 9)])
+  sample = lambda rows, on=model, **kw: _generate(on, config, ([prompts[r] for r in rows], pixels[rows],
+                                                               layout[rows]), temperature=1.0,
+                                                   rng=keys[np.array(rows)], **kw)[0]
+  together = sample([0, 1, 2])
+  np.testing.assert_array_equal(sample([2, 0]), together[[2, 0]])
+  np.testing.assert_array_equal(sample([1], pad_batch_to=3), together[[1]])
+  mesh = parallel.make_mesh((8, 1, 1))
+  np.testing.assert_array_equal(sample([0, 1, 2], on=_sharded(model, mesh), mesh=mesh), together)
+  assert (together[0] != together[1]).any()
+
+
 def test_top_p_keeps_the_smallest_nucleus():
   """probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two tokens, in their 5:3 ratio."""
   rows = 4000
@@ -157,14 +173,19 @@ def test_top_p_keeps_the_smallest_nucleus():
   assert set(np.unique(picked)) == {0, 1, 2}  # token 3 is the image placeholder: never generated
 
 
+def _sharded(model, mesh):
+  """The model's parameters laid out over `mesh` as in training (pulse_jax.parallel.RULES)."""
+  graphdef, state = nnx.split(model)
+  with nnx.logical_axis_rules(parallel.RULES):
+    return nnx.merge(graphdef, jax.device_put(state, nnx.get_named_sharding(state, mesh)))
+
+
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)], ids=["data8", "data2_fsdp2_tensor2"])
 def test_sharded_over_a_mesh_gives_the_same_tokens(model, config, batch, reference, shape):
   """The parameters laid out as in training (pulse_jax.parallel.RULES), 3 rows filled to a multiple of the
   batch shards (8 or 4) and split over them: the tokens match the unsharded run."""
   mesh = parallel.make_mesh(shape)
-  graphdef, state = nnx.split(model)
-  with nnx.logical_axis_rules(parallel.RULES):
-    sharded = nnx.merge(graphdef, jax.device_put(state, nnx.get_named_sharding(state, mesh)))
+  sharded = _sharded(model, mesh)
   q = sharded.language_model.model.layers.self_attn.q_proj.kernel[...]
   assert len(q.sharding.device_set) == 8
   tokens, lengths = _generate(sharded, config, batch, mesh=mesh)

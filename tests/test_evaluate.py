@@ -239,6 +239,48 @@ def test_resume_after_interruption(setup, synthetic_run, tmp_path, monkeypatch):
     assert resumed["sets"][name] == full["sets"][name]
 
 
+def test_sampled_answers_survive_a_resume(setup, synthetic_run, tmp_path, monkeypatch):
+  """With temperature > 0 every question samples with its own key (evaluate.row_key): a run interrupted after
+  its first batch and resumed writes the answers an uninterrupted run writes."""
+  config, step_dir = setup
+  greedy_dir, _ = synthetic_run
+  sampled = apply_overrides(config.copy_and_resolve_references(), ["eval.temperature=1.0"])
+  sets = ("cpsc-test",)  # 12 items: two batches
+  full_dir = evaluate.evaluate(sampled, tmp_path / "full", sets=sets, checkpoint_path=str(step_dir))
+  real_generate, calls = decode.generate, []
+
+  def interrupted(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real_generate(*args, **kwargs)
+
+  monkeypatch.setattr(decode, "generate", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.evaluate(sampled, tmp_path / "resumed", sets=sets, checkpoint_path=str(step_dir))
+  monkeypatch.setattr(decode, "generate", real_generate)
+  resumed_dir = evaluate.evaluate(sampled, tmp_path / "resumed", sets=sets, checkpoint_path=str(step_dir))
+  texts = lambda folder: {r["question_id"]: r["text"] for r in _records(folder / "cpsc-test.jsonl")}
+  assert len(texts(resumed_dir)) == 12 and texts(resumed_dir) == texts(full_dir)
+  assert texts(full_dir) != texts(greedy_dir)  # it did sample
+
+
+def test_answers_of_other_weights_or_settings_never_mix(setup, synthetic_run):
+  """The output folder records who answered (run.json); a rerun with other settings, or other weights under the
+  same folder name, is refused instead of adding its answers to theirs."""
+  config, step_dir = setup
+  out_dir, _ = synthetic_run
+  recorded = json.loads((out_dir / evaluate.RUN_FILE).read_text())
+  assert recorded["model_id"] == "run/step_5" and recorded["checkpoint"] == str(step_dir.resolve())
+  assert (recorded["temperature"], recorded["max_new_tokens"]) == (0.0, MAX_NEW_TOKENS)
+  other = apply_overrides(config.copy_and_resolve_references(), ["eval.temperature=0.5"])
+  with pytest.raises(ConfigError, match="holds answers of other weights or settings.*temperature: 0.0 there, 0.5 now"):
+    evaluate.evaluate(other, out_dir.parents[2], sets=("cpsc-test",), checkpoint_path=str(step_dir))
+  before = (out_dir / "cpsc-test.jsonl").read_text()
+  evaluate.claim_output_folder(out_dir, recorded)  # the same run: accepted
+  assert (out_dir / "cpsc-test.jsonl").read_text() == before
+
+
 @pytest.fixture(scope="module")
 def judge_server():
   fake = FakeServer()
@@ -344,6 +386,23 @@ def test_read_predictions_cuts_a_partial_last_line(tmp_path):
     evaluate.read_predictions(path)
 
 
+def test_items_without_a_question_or_answer_are_skipped_and_counted(setup, monkeypatch):
+  config, _ = setup
+  turns = lambda *roles: {"from": [role.encode() for role in roles],
+                          "value": [b"<image>\nWhat?" if role == "human" else b"A" for role in roles]}
+  examples = [{"id": f"q{i}".encode(), "conversations": conversations, "labels": [], "image": b""}
+              for i, conversations in enumerate([turns("human", "gpt"), turns("human"), turns("gpt"),
+                                                 turns("human", "gpt")])]  # as tfds.data_source reads them
+  monkeypatch.setattr(evaluate.pipeline, "source", lambda data, name: examples)
+  skipped = evaluate.SkipCounter()
+  items = evaluate.read_set(config.data, "ptb-test", skipped)
+  assert [item.question_id for item in items] == ["q0", "q3"] and [item.index for item in items] == [0, 3]
+  assert skipped.counts == {"no question or gold answer": 2}
+  examples.append(examples[0])
+  with pytest.raises(DataError, match="id 'q0' occurs twice"):
+    evaluate.read_set(config.data, "ptb-test", skipped)
+
+
 def test_bad_requests_are_named(setup, tmp_path):
   config, step_dir = setup
   with pytest.raises(ConfigError, match="unknown ECGBench set"):
@@ -357,3 +416,5 @@ def test_bad_requests_are_named(setup, tmp_path):
     evaluate.evaluate(wrong, tmp_path, sets=("ptb-test",), checkpoint_path=str(step_dir))
   assert cli.main(["eval", "--config", str(REPO_ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path),
                    f"--config.data.data_dir={config.data.data_dir}", "--bench", "nope"]) == 1
+  with pytest.raises(ConfigError, match="gs://bucket/run: predictions are appended.*use a local folder"):
+    evaluate.evaluate(config, "gs://bucket/run", sets=("ptb-test",), checkpoint_path=str(step_dir))

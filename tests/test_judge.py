@@ -232,6 +232,41 @@ def test_cache_makes_a_rerun_free(server, sleeps, tmp_path):
   assert len(cache.read_text().splitlines()) == 2
 
 
+def test_a_refused_sample_fails_alone_and_a_broken_judge_leaves_the_offline_scores(server, sleeps):
+  """HTTP 400 for one report (a content filter, say) fails that sample only; a judge that cannot be used at all
+  (401 here) stops the judging of the set, which keeps its offline proxy score and names the error."""
+  def reply(body, n):
+    if "flagged" in _prompt(body):
+      return 400, {"error": {"message": "content policy"}}, 0.0
+    return 200, _completion(_scores(Diagnosis=6, Form=6, Rhythm=6)), 0.0
+  server.reply = reply
+  result = _client(server, sleeps).score_reports(["Sinus rhythm.", "flagged text"], ["Sinus rhythm.", "AFIB"])
+  assert (result["judged"], result["judge_failed"], result["report_score"]) == (1, 1, pytest.approx(60.0))
+  assert "HTTP 400" in result["judge_failures"][0]["error"] and result["judge_failures"][0]["index"] == 1
+  server.reply = lambda body, n: (401, {"error": "bad key"}, 0.0)
+  result = metrics.score_set("ptb-test-report", ["Sinus rhythm."], ["Sinus rhythm."], judge=_client(server, sleeps))
+  assert result["proxy_f1"] == pytest.approx(100.0) and "report_score" not in result
+  assert "HTTP 401" in result["judge_error"]
+
+
+def test_a_cache_cut_by_a_kill_is_mended(server, sleeps, tmp_path, caplog):
+  """A half-written last line (killed while appending) is cut off, so the next answer starts a clean line; a
+  line that is no entry is skipped with a warning naming the file; the other answers are reused."""
+  server.reply = lambda body, n: (200, _completion(_scores(Diagnosis=1, Form=2, Rhythm=3)), 0.0)
+  cache = tmp_path / "judge.jsonl"
+  config = judge.JudgeConfig(base_url=server.base_url, api_key_env="", workers=1)
+  judge.JudgeClient(config, cache_path=cache).score_reports(["a"], ["c"])
+  with cache.open("a") as f:
+    f.write('not an entry\n{"key": "abc", "cont')
+  with caplog.at_level("WARNING"):
+    client = judge.JudgeClient(config, cache_path=cache)
+  assert f"{cache}: line 2 is not a judge cache entry" in caplog.text
+  assert client.score_reports(["a", "b"], ["c", "d"])["report_score"] == pytest.approx(20.0)
+  assert len(server.requests) == 2  # "a" came from the cache
+  lines = cache.read_text().splitlines()
+  assert len(lines) == 3 and json.loads(lines[2])["key"]
+
+
 def test_no_judged_sample_gives_nan_not_zero(server, sleeps):
   server.reply = lambda body, n: (200, _completion("no json here"), 0.0)
   result = _client(server, sleeps).score_reports(["a"], ["b"])
