@@ -10,6 +10,11 @@ Actions run in the order given; `--dry-run` prints the exact commands instead. E
 to `pulse-jax train` unchanged. On a TPU VM JAX finds the other workers by itself, so every worker runs the same
 command. The checkpoint workdir must be a gs:// path (or another filesystem all workers share).
 
+Several slices (Multislice, data parallel over DCN): `--num-slices N` with `--queued` asks for one queued resource
+of N nodes (NAME-0 ... NAME-<N-1>), installs and runs on every worker of every node (gcloud's queued-resources
+ssh / scp with --node=all), and needs `--config.mesh.dcn=(N,1,1)` among the train arguments; JAX finds the slices
+by itself, as it finds the workers.
+
 install copies the committed tree of this checkout (`git archive REF`, default HEAD) to every worker, or, with
 --git-url, clones that repository there; then it creates a Python 3.11 venv (installing python3.11 with apt if
 the image lacks it) and installs the project with the `tpu` extra.
@@ -64,6 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   create.add_argument("--queued", action="store_true",
                       help="go through a queued resource (waits until it is ACTIVE); needed for large slices")
   create.add_argument("--spot", action="store_true", help="spot capacity (preemptible: training resumes)")
+  parser.add_argument("--num-slices", type=int, default=1,
+                      help="slices of --accelerator-type joined over DCN (Multislice; needs --queued)")
   install = parser.add_argument_group("install")
   install.add_argument("--git-url", help="clone this repository on the workers instead of copying this checkout")
   install.add_argument("--ref", default="HEAD", help="commit, branch or tag to install (default: HEAD)")
@@ -72,13 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="environment for `pulse-jax train` (repeatable), e.g. TFDS_DATA_DIR=gs://BUCKET/tfds")
   run.add_argument("--worker", default="0", help="worker whose log `logs` follows (default: 0)")
+  run.add_argument("--node", default="0", help="with --num-slices: the slice whose worker `logs` follows")
 
 
 class TpuPod:
-  """The gcloud commands for one named TPU slice in one zone."""
+  """The gcloud commands for one named TPU slice in one zone, or for a queued resource of `num_slices` slices."""
 
-  def __init__(self, name: str, zone: str, project: str | None):
-    self.name = name
+  def __init__(self, name: str, zone: str, project: str | None, num_slices: int = 1):
+    self.name, self.num_slices = name, num_slices
     self.location = (f"--zone={zone}",) + ((f"--project={project}",) if project else ())
 
   def create(self, accelerator_type: str, version: str, *, queued: bool, spot: bool) -> list[Step]:
@@ -91,14 +99,21 @@ class TpuPod:
     wait = (f'while true; do state=$({describe}); echo "queued resource {self.name}: $state"; '
             f'case "$state" in ACTIVE) exit 0;; FAILED|SUSPENDED) exit 1;; esac; '
             f'sleep {QUEUE_POLL_SECONDS}; done')
-    return [("gcloud", "compute", "tpus", "queued-resources", "create", self.name, *self.location,
-             f"--node-id={self.name}", f"--accelerator-type={accelerator_type}", f"--runtime-version={version}",
-             *spot_flag),
+    nodes = ((f"--node-id={self.name}",) if self.num_slices == 1 else
+             (f"--node-count={self.num_slices}", f"--node-prefix={self.name}"))
+    return [("gcloud", "compute", "tpus", "queued-resources", "create", self.name, *self.location, *nodes,
+             f"--accelerator-type={accelerator_type}", f"--runtime-version={version}", *spot_flag),
             ("bash", "-c", wait)]
 
-  def ssh(self, command: str, worker: str = "all") -> Step:
-    return ("gcloud", "compute", "tpus", "tpu-vm", "ssh", self.name, *self.location, f"--worker={worker}",
-            "--command", command)
+  def _on_workers(self, verb: str, *args: str, worker: str, node: str) -> Step:
+    """gcloud `verb` (ssh, scp) on the slice's workers; over a Multislice queued resource, on its nodes too."""
+    if self.num_slices == 1:
+      return ("gcloud", "compute", "tpus", "tpu-vm", verb, *args, *self.location, f"--worker={worker}")
+    return ("gcloud", "compute", "tpus", "queued-resources", verb, *args, *self.location, f"--node={node}",
+            f"--worker={worker}")
+
+  def ssh(self, command: str, worker: str = "all", node: str = "all") -> Step:
+    return (*self._on_workers("ssh", self.name, worker=worker, node=node), "--command", command)
 
   def install(self, *, git_url: str | None, ref: str, python: str) -> list[Step]:
     ensure_python = (f"(command -v {shlex.quote(python)} > /dev/null || (sudo apt-get update -q"
@@ -113,15 +128,14 @@ class TpuPod:
     local_archive = f"/tmp/pulse-jax-{self.name}.tar.gz"
     unpack = f"mkdir -p {REMOTE_DIR} && tar -xzf {REMOTE_ARCHIVE} -C {REMOTE_DIR}"
     return [("git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", f"--output={local_archive}", ref),
-            ("gcloud", "compute", "tpus", "tpu-vm", "scp", local_archive, f"{self.name}:{REMOTE_ARCHIVE}",
-             *self.location, "--worker=all"),
+            self._on_workers("scp", local_archive, f"{self.name}:{REMOTE_ARCHIVE}", worker="all", node="all"),
             self.ssh(f"{ensure_python} && {unpack} && {setup}")]
 
   def run(self, train_args: list[str], env: dict[str, str]) -> list[Step]:
     return [self.ssh(f"cd {REMOTE_DIR} && {detached(train_command(train_args, env), LOG_FILE)}")]
 
-  def logs(self, worker: str) -> list[Step]:
-    return [self.ssh(f"tail -n 200 -F {REMOTE_DIR}/{LOG_FILE}", worker=worker)]
+  def logs(self, worker: str, node: str = "0") -> list[Step]:
+    return [self.ssh(f"tail -n 200 -F {REMOTE_DIR}/{LOG_FILE}", worker=worker, node=node)]
 
   def delete(self, *, queued: bool) -> list[Step]:
     if queued:  # --force also deletes the TPU the queued resource holds
@@ -132,7 +146,10 @@ class TpuPod:
 
 def launch_steps(args: argparse.Namespace, train_args: list[str]) -> list[Step]:
   """Every step of the requested actions, in order; raises ValueError for a missing option."""
-  pod = TpuPod(args.name, args.zone, args.project)
+  if args.num_slices < 1 or (args.num_slices > 1 and not args.queued):
+    raise ValueError("--num-slices N > 1 needs --queued (Multislice runs on a queued resource)"
+                     if args.num_slices > 1 else "--num-slices must be >= 1")
+  pod = TpuPod(args.name, args.zone, args.project, args.num_slices)
   steps = []
   for action in args.actions:
     if action == "create":
@@ -146,9 +163,12 @@ def launch_steps(args: argparse.Namespace, train_args: list[str]) -> list[Step]:
     elif action == "run":
       if not train_args:
         raise ValueError("run needs the `pulse-jax train` arguments after `--`")
+      if args.num_slices > 1 and not any(arg.startswith("--config.mesh.dcn") for arg in train_args):
+        raise ValueError(f"run over {args.num_slices} slices needs --config.mesh.dcn=({args.num_slices},1,1) "
+                         "after `--` (data parallelism across the slices)")
       steps += pod.run(train_args, parse_env(args.env))
     elif action == "logs":
-      steps += pod.logs(args.worker)
+      steps += pod.logs(args.worker, args.node)
     else:
       steps += pod.delete(queued=args.queued)
   return steps

@@ -129,6 +129,24 @@ def test_tpu_install_from_git_and_plain_delete():
   assert delete[:5] == ("gcloud", "compute", "tpus", "tpu-vm", "delete") and "--quiet" in delete
 
 
+def test_tpu_multislice_reaches_every_node_and_needs_a_dcn_mesh():
+  argv = _tpu_argv("create", "install", "run", "logs", "delete",
+                   extra=["--accelerator-type", "v5p-64", "--queued", "--num-slices", "2", "--node", "1"])
+  argv.append("--config.mesh.dcn=(2,1,1)")  # after `--`: a train argument
+  create, wait, archive, scp, install, run, logs, delete = _run_launcher(tpu_pod.main, argv)
+  assert {"--node-count=2", "--node-prefix=pulse"} <= set(create) and not any("--node-id" in a for a in create)
+  for step, verb in ((scp, "scp"), (install, "ssh"), (run, "ssh")):
+    assert step[:5] == ("gcloud", "compute", "tpus", "queued-resources", verb)
+    assert {"--node=all", "--worker=all"} <= set(step)
+  assert {"--node=1", "--worker=0"} <= set(logs)
+  assert "--config.mesh.dcn=(2,1,1)" in run[-1]
+  assert delete[3:5] == ("queued-resources", "delete")
+  with pytest.raises(SystemExit):  # no DCN mesh: the slices would each train alone
+    tpu_pod.main(_tpu_argv("run", extra=["--queued", "--num-slices", "2"]), run=pytest.fail)
+  with pytest.raises(SystemExit):  # Multislice exists only as a queued resource
+    tpu_pod.main(_tpu_argv("create", extra=["--accelerator-type", "v5p-64", "--num-slices", "2"]), run=pytest.fail)
+
+
 @pytest.mark.parametrize("argv", [
     ["create", "--name", "x", "--zone", "z"],                                # no accelerator type
     ["create", "--name", "x", "--zone", "z", "--accelerator-type", "v3-8"],  # no default runtime
