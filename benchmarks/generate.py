@@ -10,7 +10,9 @@ turns so that both meet the same load on a shared machine; tokens/s counts the t
 excluded). The greedy tokens of both sides are compared and their agreement printed. Prints the machine's load
 average (the CPU is shared), both figures and, last, the ratio.
 
-  python benchmarks/generate.py [--batch 8] [--new-tokens 128] [--repeats 2]
+  python benchmarks/generate.py [--batch 8] [--new-tokens 128] [--repeats 2] [--torch-device cuda]
+
+On a GPU machine JAX runs on the GPU by itself; --torch-device cuda puts the peer there too (benchmarks/cuda_check.sh).
 """
 
 import argparse
@@ -22,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import best_seconds, report  # noqa: E402
@@ -57,6 +60,7 @@ def main():
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--new-tokens", type=int, default=128, help="max_new_tokens on both sides")
   parser.add_argument("--repeats", type=int, default=2, help="timed calls after a warm-up one (best reported)")
+  parser.add_argument("--torch-device", default="cpu", help="where the transformers peer runs (cpu, cuda)")
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
   load_before = os.getloadavg()
@@ -65,6 +69,7 @@ def main():
   with tempfile.TemporaryDirectory() as folder:
     peer.save_pretrained(folder)
     model, config = hf.load(folder)
+  peer = peer.to(args.torch_device)
   ids, pixels, sizes = make_prompts(config, args.batch)
   layout = feature_layout(sizes, config)
 
@@ -75,14 +80,14 @@ def main():
         model, config, list(ids), pixels, layout, max_new_tokens=args.new_tokens, eos_id=EOS, pad_id=PAD)
 
   theirs = {}
-  t_ids, t_pixels, t_sizes = torch.tensor(ids, dtype=torch.long), torch.tensor(pixels), torch.tensor(sizes)
+  t_ids, t_pixels, t_sizes = (torch.tensor(a).to(args.torch_device) for a in (ids.astype(np.int64), pixels, sizes))
 
   def torch_generate():
     with torch.no_grad():
       out = peer.generate(input_ids=t_ids, pixel_values=t_pixels, image_sizes=t_sizes, do_sample=False,
                           max_new_tokens=args.new_tokens, eos_token_id=EOS, pad_token_id=PAD,
                           suppress_tokens=[IMAGE_TOKEN])
-    theirs["answers"] = answers(out[:, ids.shape[1]:].numpy())
+    theirs["answers"] = answers(out[:, ids.shape[1]:].cpu().numpy())  # waits for the device
 
   # Warm-up (compilation), then the two sides take turns.
   jax_generate()
@@ -97,7 +102,9 @@ def main():
   our_count, their_count = sum(map(len, our_answers)), sum(map(len, theirs["answers"]))
   agree = sum(a == b for a, b in zip(our_answers, theirs["answers"]))
   bucket = decode.bucket_length(ids.shape[1])
-  print(f"config: vision 256 x 4, LM 512 x 8, vocab 8192, fp32, {os.cpu_count()} CPU cores; batch {args.batch} x "
+  print(f"devices: pulse-jax {jax.devices()[0].device_kind}, transformers {args.torch_device}; "
+        f"{os.cpu_count()} CPU cores")
+  print(f"config: vision 256 x 4, LM 512 x 8, vocab 8192, fp32; batch {args.batch} x "
         f"{ids.shape[1]}-token prompts ({num_image_tokens(IMAGE_SIZE, config)} image tokens; pulse-jax bucket "
         f"{bucket}), greedy, max_new_tokens {args.new_tokens}")
   print(f"load average before / after: {' '.join(f'{x:.2f}' for x in load_before)} / "
