@@ -7,7 +7,9 @@ devices' bf16 peak (pulse_jax.flops.PEAK_FLOPS; not reported where the peak is u
 peer on the accelerator: this is the figure the training issue asks to record for CUDA (benchmarks/cuda_check.sh).
 
   python benchmarks/train_throughput.py --config configs/pulse_7b.py --steps 10 \\
-      --config.model.text.num_layers=8 --config.train.global_batch=8 --config.checkpoint.init_from=''
+      --config.model.text.num_layers=8 --config.train.global_batch=8 --config.data.seq_len=3072
+
+Several hosts (a TPU pod slice) run the same command on every host, as `pulse-jax train`.
 """
 
 import argparse
@@ -28,6 +30,7 @@ STANDIN_EXAMPLES = 8  # examples of the stand-in source: the step always takes t
 
 def measure(config, steps: int) -> dict[str, float | str | None]:
   """Compiles the config's train step, runs it `steps` times on one batch and returns the figures."""
+  parallel.initialize_distributed()
   mesh = parallel.mesh_from_config(config.mesh)
   model_cfg = model_config(config.model)
   t = config.train
@@ -37,7 +40,7 @@ def measure(config, steps: int) -> dict[str, float | str | None]:
       schedule=train.learning_rate_schedule(t, total_steps), frozen=t.frozen, global_batch=t.global_batch,
       seq_len=config.data.seq_len, accum_steps=t.grad_accum_steps)
   data = dict(config.data, source="standin", num_examples=max(STANDIN_EXAMPLES, t.global_batch))
-  batch, _ = train.input_batches(data, model_cfg, split="train", batch_size=t.global_batch,
+  batch, _ = train.input_batches(data, model_cfg, split="train", batch_size=t.global_batch // jax.process_count(),
                                  seed=None).next_global(mesh)
   state = step_fns.init(jnp.int32(t.seed))
   start = time.perf_counter()

@@ -21,6 +21,8 @@ the image lacks it) and installs the project with the `tpu` extra.
 """
 
 import argparse
+import ast
+import math
 import shlex
 import sys
 
@@ -144,6 +146,19 @@ class TpuPod:
     return [("gcloud", "compute", "tpus", "tpu-vm", "delete", self.name, *self.location, "--quiet")]
 
 
+def dcn_slices(train_args: list[str]) -> int | None:
+  """The slices the train arguments' --config.mesh.dcn=(a,b,c) spans (a * b * c), or None when not given or not a
+  tuple of ints."""
+  for arg in train_args:
+    if arg.startswith("--config.mesh.dcn="):
+      try:
+        shape = ast.literal_eval(arg.split("=", 1)[1])
+        return math.prod(shape) if all(isinstance(n, int) for n in shape) else None
+      except (ValueError, SyntaxError, TypeError):
+        return None
+  return None
+
+
 def launch_steps(args: argparse.Namespace, train_args: list[str]) -> list[Step]:
   """Every step of the requested actions, in order; raises ValueError for a missing option."""
   if args.num_slices < 1 or (args.num_slices > 1 and not args.queued):
@@ -163,7 +178,7 @@ def launch_steps(args: argparse.Namespace, train_args: list[str]) -> list[Step]:
     elif action == "run":
       if not train_args:
         raise ValueError("run needs the `pulse-jax train` arguments after `--`")
-      if args.num_slices > 1 and not any(arg.startswith("--config.mesh.dcn") for arg in train_args):
+      if args.num_slices > 1 and dcn_slices(train_args) != args.num_slices:
         raise ValueError(f"run over {args.num_slices} slices needs --config.mesh.dcn=({args.num_slices},1,1) "
                          "after `--` (data parallelism across the slices)")
       steps += pod.run(train_args, parse_env(args.env))

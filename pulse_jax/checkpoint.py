@@ -178,8 +178,8 @@ def load_params(path: str | os.PathLike, config: PulseConfig, shardings: Mapping
 
   `path` is a local transformers LLaVA-NeXT folder (config.json + *.safetensors), or an Orbax checkpoint (local
   or gs://): one written by `pulse-jax convert from-hf / from-llava`, a training workdir, its checkpoints/ folder
-  or a step folder (the latest step is taken; the optimizer state is never read). Each device receives just its shard (Orbax: reads just
-  it), cast to config.param_dtype, so a 7B model never sits whole on one accelerator.
+  or a step folder (the latest step is taken; the optimizer state is never read). Each device receives just its
+  shard (Orbax: reads just it), cast to config.param_dtype, so a 7B model never sits whole on one accelerator.
 
   Returns:
     (params in the nnx.to_pure_dict layout, the folder read: the Hugging Face folder or the Orbax step folder).

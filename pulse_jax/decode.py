@@ -134,6 +134,11 @@ def _next_token_logits(model: PulseModel, ids, mask, cache: KVCache, pixel_value
   return model.language_model.lm_head(hidden[:, -1]).astype(jnp.float32), cache
 
 
+def _keys_per_row(rng: jax.Array) -> bool:
+  """Whether `rng` holds a typed key per row ([B]) rather than one key (typed, or a legacy uint32[2] one)."""
+  return jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.ndim == 1
+
+
 def _choose(logits: jax.Array, rng: jax.Array, step: jax.Array, sampling: Sampling) -> jax.Array:
   """int32[B] next tokens from float32 logits [B, V]."""
   logits = logits.at[:, sampling.image_token_id].set(-jnp.inf)
@@ -146,7 +151,7 @@ def _choose(logits: jax.Array, rng: jax.Array, step: jax.Array, sampling: Sampli
     mass_before = jnp.cumsum(probs, -1) - probs  # exactly 0 for the most probable token: it is always kept
     cutoff = jnp.min(jnp.where(mass_before < sampling.top_p, ranked, jnp.inf), -1, keepdims=True)
     logits = jnp.where(logits >= cutoff, logits, -jnp.inf)
-  if rng.ndim:  # a key per row
+  if _keys_per_row(rng):
     keys = jax.vmap(lambda key: jax.random.fold_in(key, step))(rng)
   else:
     keys = jax.vmap(lambda row: jax.random.fold_in(jax.random.fold_in(rng, step), row))(jnp.arange(len(logits)))
@@ -263,8 +268,10 @@ def generate(model: PulseModel, config: PulseConfig, prompts: Sequence[Sequence[
   ids, mask = _left_pad(prompts, bucket_length(max(map(len, prompts)), buckets), rows, pad_id)
   inputs = (ids, mask, _pad_rows(pixel_values, rows), _pad_rows(layout, rows), np.arange(rows) < batch)
   rng = _rng(rng)
-  if rng.ndim:  # inert rows sample with the last row's key
-    rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], rows - batch, axis=0)])
+  if _keys_per_row(rng):
+    if len(rng) != batch:
+      raise ValueError(f"rng holds {len(rng)} keys for {batch} prompts; pass one key, or one per prompt")
+    rng = jnp.concatenate([rng, jnp.repeat(rng[-1:], rows - batch, axis=0)])  # inert rows: the last row's key
   if mesh is not None:
     inputs = tuple(None if a is None else jax.device_put(a, parallel.batch_sharding(mesh, a.ndim)) for a in inputs)
   graphdef, params = nnx.split(model)

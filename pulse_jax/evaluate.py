@@ -18,8 +18,14 @@ after the earlier questions and the model's own earlier answers (model_ecg_arena
 answer is empty cannot continue (the template has no empty turns) and is skipped. Items whose image does not
 decode are skipped too; skips are counted per reason and printed.
 
-Outputs, in DIR/eval/<weights>/<build>/ (<weights> = step_<N> for an Orbax step, the folder name for Hugging Face;
-<build> = data.bench_builder with "/" as "-", e.g. ecg_bench-released):
+Sampling (`eval.temperature` > 0) draws each question with a key of its own, from eval.seed, the question id and
+the turn (row_key): an answer does not depend on the batch it falls in, and a resumed run writes what an
+uninterrupted one would. Items without a question or a gold answer are skipped and counted too.
+
+Outputs, in DIR/eval/<weights>/<build>/ (DIR is local: answers are appended; <weights> = step_<N> for an Orbax
+step, the folder name for Hugging Face; <build> = data.bench_builder with "/" as "-", e.g. ecg_bench-released):
+  run.json      the weights (model id, checkpoint path), tokenizer and generation settings that answered: a rerun
+                with others into the same folder is refused (claim_output_folder);
   <set>.jsonl   one line per item, appended after every batch: question_id, index (position in the split), prompt
                 (the question as asked, without "<image>"), text (the model's answer), model_id, answer (the gold
                 answer), labels (the build's gold labels). Arena lines hold lists: prompt, text and answer per turn.
@@ -263,11 +269,18 @@ def claim_output_folder(out_dir: pathlib.Path, identity: Mapping[str, Any]) -> N
   are the ones that already did: a rerun only adds the missing answers, so a run of other weights or settings
   (another run's step of the same number, a second Hugging Face folder of the same name) must not mix into them.
 
+  A folder of answers from before run.json existed is claimed with a warning: nothing says whose they are.
+
   Raises:
     ConfigError: `out_dir` holds the answers of other weights or settings; the message says what differs.
+    DataError: its run.json is not JSON.
   """
   path = out_dir / RUN_FILE
   if not path.is_file():
+    answered = sorted(p.name for p in out_dir.glob("*.jsonl") if p.name != "judge_cache.jsonl")
+    if answered:
+      tqdm.tqdm.write(f"warning: {out_dir} holds answers ({', '.join(answered)}) but no {RUN_FILE}: they are taken "
+                      f"as {identity['model_id']}'s; remove them if they are not")
     partial = path.with_name(f"{RUN_FILE}.incomplete")
     partial.write_text(json.dumps(identity, indent=1) + "\n")
     partial.rename(path)
@@ -472,7 +485,8 @@ def score_records(name: str, records: Sequence[Mapping[str, Any]],
   rules; not for report and Arena sets).
 
   A set that cannot be scored (no predictions, no gold label of the label space) gets {"error": why} instead,
-  so one such set never hides the others' scores.
+  so one such set never hides the others' scores. After a judge error ({"judge_error": why} beside the offline
+  scores) the judge is not asked again: the strict mode goes without it.
   """
   records = sorted(records, key=lambda r: r["index"])
   predictions, golds, prompts = score_inputs(name, records)
@@ -482,6 +496,8 @@ def score_records(name: str, records: Sequence[Mapping[str, Any]],
       results[mode] = metrics.score_set(name, predictions, golds, prompts, strict, judge=judge)
     except DataError as e:
       results[mode] = {"set": name, "mode": mode, "error": str(e)}
+    if "judge_error" in results[mode]:
+      judge = None
   if "error" not in results["strict"]:
     baseline = metrics.majority_baseline(name, golds, prompts)
     if baseline is not None:
@@ -663,7 +679,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
   out_dir = workdir / "eval" / loaded.tag / data.bench_builder.replace("/", "-")
   out_dir.mkdir(parents=True, exist_ok=True)
   claim_output_folder(out_dir, {
-      "model_id": loaded.model_id, "checkpoint": str(loaded.path), "tokenizer": str(loaded.tokenizer.path),
+      "model_id": loaded.model_id, "checkpoint": str(loaded.path),
+      "tokenizer": str(pathlib.Path(loaded.tokenizer.path).resolve()),
       "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
       "seed": settings.seed})
   generator = Generator(loaded, settings, mesh)
@@ -681,6 +698,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
   for name in (name for name in metrics.BENCH_SETS if (out_dir / f"{name}.jsonl").is_file()):
     records = sorted(read_predictions(out_dir / f"{name}.jsonl").values(), key=lambda r: r["index"])
     results[name] = score_records(name, records, judge)
+    if any("judge_error" in result for result in results[name].values()):
+      tqdm.tqdm.write(f"{name}: the judge failed, not asked again in this run: "
+                      f"{next(r['judge_error'] for r in results[name].values() if 'judge_error' in r)}")
+      judge = None
     set_info[name] = {
         "items": len(pipeline.source(bench_data(data), name)) if name in available else None,
         "predictions": len(records), "skipped": skips[name].total if name in skips else None,

@@ -19,8 +19,9 @@ Retry-After is honoured). A sample the endpoint refuses as a request (HTTP 400, 
 prompt too long), or whose answer is not a JSON object holding a numeric 0-10 score for every aspect, is a failed
 sample: counted in `judge_failed`, listed with its reason in `judge_failures`, left out of the means, never
 scored 0. Anything else stops the set's judging with JudgeError naming the URL and the cause (retries exhausted,
-another HTTP status such as 401 or 404, a reply that is not a chat completion); the set keeps its offline scores
-and the report names the error (metrics.score_set).
+another HTTP status such as 401 or 404, a reply that is not a chat completion, every request of the set refused:
+the requests themselves are wrong); the set keeps its offline scores and the report names the error
+(metrics.score_set), and the evaluation asks the judge nothing more (evaluate.score_records).
 """
 
 import concurrent.futures
@@ -215,10 +216,11 @@ class JudgeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Judgement:
-  """One judged sample: `scores` ({aspect: 0-10}), or None with `error` saying why; `content` is the raw answer."""
+  """One judged sample: `scores` ({aspect: 0-10}), or None with `error` saying why; `content` is the raw answer
+  (None when the endpoint refused the request)."""
   scores: dict[str, float] | None
   error: str | None
-  content: str
+  content: str | None
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -344,9 +346,14 @@ class JudgeClient:
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.config.workers)
     try:
-      return list(tqdm(pool.map(one, prompts), total=len(prompts), desc="judge", disable=None))
+      judgements = list(tqdm(pool.map(one, prompts), total=len(prompts), desc="judge", disable=None))
     finally:
       pool.shutdown(cancel_futures=True)
+    refused = [j for j in judgements if j.content is None]
+    if len(judgements) > 1 and len(refused) == len(judgements):  # the requests, not the samples, are wrong
+      raise JudgeError(f"every one of the {len(judgements)} requests was refused; the first: {refused[0].error}",
+                       reason="every request refused")
+    return judgements
 
   def score_reports(self, generated: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
     """Report Score (x100) of generated reports against gold reports; see `summarize` for the keys."""

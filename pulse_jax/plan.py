@@ -154,11 +154,14 @@ def xla_step_flops(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, t
   return per_chip * config.train.grad_accum_steps * mesh.size
 
 
+def _abstract_model(config: ml_collections.ConfigDict) -> PulseModel:
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: PulseModel(model_config(config.model), rngs=nnx.Rngs(0)))
+
+
 def trained_parameters(config: ml_collections.ConfigDict) -> int:
   """Parameters the optimizer updates (all but those train.frozen matches): the N of 6 N tokens."""
-  with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: PulseModel(model_config(config.model), rngs=nnx.Rngs(0)))
-  trained = nnx.to_pure_dict(nnx.state(model, train.trainable_filter(config.train.frozen)))
+  trained = nnx.to_pure_dict(nnx.state(_abstract_model(config), train.trainable_filter(config.train.frozen)))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(trained))
 
 
@@ -235,6 +238,8 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, *, examples: int
   total_steps = t.steps or t.epochs * (examples // t.global_batch)
   if total_steps <= 0:
     raise ConfigError(f"{examples} examples make no batch of {t.global_batch}")
+  tower = nnx.to_pure_dict(nnx.state(_abstract_model(config)))["vision_tower"]
+  vision_trained = train.trains_any(tower, t.frozen, "vision_tower")  # counted as training counts it
 
   start = time.perf_counter()
   memory = out_of_memory = xla_flops = None
@@ -256,7 +261,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, *, examples: int
       device_kind=devices[0].device_kind, mesh_shape=dict(mesh.shape), hbm_bytes=generation.hbm_bytes,
       memory=memory, out_of_memory=out_of_memory, xla_flops=xla_flops,
       model_flops=flops.train_step_flops(model_config(config.model), batch=t.global_batch,
-                                         seq_len=config.data.seq_len),
+                                         seq_len=config.data.seq_len, vision_trained=vision_trained),
       trained_params=trained_parameters(config), global_batch=t.global_batch, seq_len=config.data.seq_len,
       examples=examples, epochs=None if t.steps else t.epochs, total_steps=total_steps, mfu=mfu, peak_flops=peak,
       compile_seconds=time.perf_counter() - start)

@@ -19,10 +19,10 @@ Batch contract (numpy per process, global jax arrays inside the step):
   input_ids int32[B, T], attention_mask bool[B, T], loss_mask bool[B, T], pixel_values float32[B, V, 3, S, S],
   layout int32[B, F] (feature_layout), image_sizes int32[B, 2]; the data sources add example_id int[B].
 
-Workdir (a local folder or a gs:// URI, read and written through etils.epath; gs:// needs the `tpu` or `gpu` extra's
-gcsfs): checkpoints/ (pulse_jax.checkpoint), tensorboard/ (loss, learning_rate, grad_norm, tokens_per_second,
-step_time, mfu, eval/loss), data_order.txt (with train.log_data_order, local workdirs only: "step id id ..." per
-step).
+Workdir (a local folder or a gs:// URI, read and written through etils.epath; gs:// needs the `tpu` or `gpu`
+extra): checkpoints/ (pulse_jax.checkpoint), tensorboard/ (loss, learning_rate, grad_norm, tokens_per_second,
+step_time, mfu, eval/loss), data_order.txt (with train.log_data_order, local workdirs only: "step id id ..."
+per step).
 """
 
 import argparse

@@ -156,6 +156,8 @@ def test_a_key_per_row_samples_the_same_row_in_any_batch(model, config, batch):
   mesh = parallel.make_mesh((8, 1, 1))
   np.testing.assert_array_equal(sample([0, 1, 2], on=_sharded(model, mesh), mesh=mesh), together)
   assert (together[0] != together[1]).any()
+  with pytest.raises(ValueError, match="2 keys for 3 prompts"):
+    _generate(model, config, batch, temperature=1.0, rng=keys[:2])
 
 
 def test_top_p_keeps_the_smallest_nucleus():

@@ -22,7 +22,7 @@ from pulse_jax.data.conversation import encode_prompt
 from pulse_jax.data.examples import conversations_of
 from pulse_jax.data.image_processor import load_image
 from pulse_jax.data.tokenizer import Tokenizer, train_tokenizer
-from pulse_jax.errors import CheckpointError, ConfigError, DataError
+from pulse_jax.errors import CheckpointError, ConfigError, DataError, JudgeError
 from pulse_jax.models import PulseModel
 from tests.conftest import REPO_ROOT
 from tests.test_judge import FakeServer, _completion, _scores
@@ -401,6 +401,23 @@ def test_items_without_a_question_or_answer_are_skipped_and_counted(setup, monke
   examples.append(examples[0])
   with pytest.raises(DataError, match="id 'q0' occurs twice"):
     evaluate.read_set(config.data, "ptb-test", skipped)
+
+
+def test_a_failed_judge_is_not_asked_again():
+  """A judge error in the paper-rules scoring leaves both modes their offline scores and stops the judging."""
+  class FailingJudge:
+    calls = 0
+
+    def score_reports(self, predictions, golds):
+      FailingJudge.calls += 1
+      raise JudgeError("http://judge/v1/chat/completions: HTTP 401: bad key", reason="HTTP 401")
+
+  records = [{"question_id": "r0", "index": 0, "prompt": "Write a report.", "text": "Sinus rhythm.",
+              "answer": "Sinus rhythm.", "labels": []}]
+  results = evaluate.score_records("ptb-test-report", records, FailingJudge())
+  assert FailingJudge.calls == 1 and "HTTP 401" in results["paper"]["judge_error"]
+  assert "judge_error" not in results["strict"]
+  assert results["paper"]["proxy_f1"] == results["strict"]["proxy_f1"] == pytest.approx(100.0)
 
 
 def test_bad_requests_are_named(setup, tmp_path):

@@ -247,6 +247,11 @@ def test_a_refused_sample_fails_alone_and_a_broken_judge_leaves_the_offline_scor
   result = metrics.score_set("ptb-test-report", ["Sinus rhythm."], ["Sinus rhythm."], judge=_client(server, sleeps))
   assert result["proxy_f1"] == pytest.approx(100.0) and "report_score" not in result
   assert "HTTP 401" in result["judge_error"]
+  # Refusing every sample is the requests' fault (an unsupported parameter, say): a judge error, not N failures.
+  server.reply = lambda body, n: (400, {"error": {"message": "response_format is not supported"}}, 0.0)
+  result = metrics.score_set("ptb-test-report", ["a", "b"], ["c", "d"], judge=_client(server, sleeps))
+  assert "every one of the 2 requests was refused" in result["judge_error"] and "response_format" in result[
+      "judge_error"]
 
 
 def test_a_cache_cut_by_a_kill_is_mended(server, sleeps, tmp_path, caplog):

@@ -129,7 +129,7 @@ def test_tpu_install_from_git_and_plain_delete():
   assert delete[:5] == ("gcloud", "compute", "tpus", "tpu-vm", "delete") and "--quiet" in delete
 
 
-def test_tpu_multislice_reaches_every_node_and_needs_a_dcn_mesh():
+def test_tpu_multislice_reaches_every_node_and_needs_a_dcn_mesh(capsys):
   argv = _tpu_argv("create", "install", "run", "logs", "delete",
                    extra=["--accelerator-type", "v5p-64", "--queued", "--num-slices", "2", "--node", "1"])
   argv.append("--config.mesh.dcn=(2,1,1)")  # after `--`: a train argument
@@ -141,10 +141,11 @@ def test_tpu_multislice_reaches_every_node_and_needs_a_dcn_mesh():
   assert {"--node=1", "--worker=0"} <= set(logs)
   assert "--config.mesh.dcn=(2,1,1)" in run[-1]
   assert delete[3:5] == ("queued-resources", "delete")
-  with pytest.raises(SystemExit):  # no DCN mesh: the slices would each train alone
-    tpu_pod.main(_tpu_argv("run", extra=["--queued", "--num-slices", "2"]), run=pytest.fail)
-  with pytest.raises(SystemExit):  # Multislice exists only as a queued resource
-    tpu_pod.main(_tpu_argv("create", extra=["--accelerator-type", "v5p-64", "--num-slices", "2"]), run=pytest.fail)
+  for train_args, create_args in (([], ["--queued"]), (["--config.mesh.dcn=(1,1,1)"], ["--queued"]),
+                                   (["--config.mesh.dcn=(2,1,1)"], [])):
+    with pytest.raises(SystemExit):  # without a DCN mesh over both slices each would train alone; no queue: no slices
+      tpu_pod.main([*_tpu_argv("run", extra=[*create_args, "--num-slices", "2"]), *train_args], run=pytest.fail)
+    assert ("needs --config.mesh.dcn=(2,1,1)" if create_args else "needs --queued") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [

@@ -224,6 +224,7 @@ def test_an_unwritable_dataset_folder_is_warned_about(setup, tmp_path, monkeypat
   data, _, _ = setup
   builder = tfds.builder_from_directory(pipeline.source(data, "mimic").dataset_info.data_dir)
   monkeypatch.setattr(label_index, "index_path", lambda version_dir, split: tmp_path / "gone" / f"{split}.npy")
+  monkeypatch.setattr(label_index, "_scan_chunk", pytest.fail)  # found unwritable before any example is read
   with caplog.at_level("WARNING"):
     assert label_index.write(builder) == []
   assert "cannot save the index" in caplog.text and not (tmp_path / "gone").exists()
@@ -361,6 +362,8 @@ def test_trainer_reads_the_build_and_resumes_exactly(setup, tmp_path, monkeypatc
     patch.setattr(train.Input, "next_global", recorded_next)
     _train_on_the_build(setup, tmp_path / "straight", steps=4)
   assert len(opened) == 1 and len(evaluated) == 2 and evaluated[0] == evaluated[1]
+  # ... which only a rewind explains: the eval split holds more than one batch, so a second read would differ.
+  assert len(pipeline.source(setup[0], "validation")) > small_config().train.global_batch
   _train_on_the_build(setup, tmp_path / "stopped", steps=2)
   _train_on_the_build(setup, tmp_path / "stopped", steps=4)
   straight, resumed = _data_order(tmp_path / "straight"), _data_order(tmp_path / "stopped")

@@ -237,9 +237,10 @@ def test_progress_reports_mfu_of_each_steps_own_flops(tmp_path, monkeypatch):
   assert scalars["step_time"] == [(2, 2.0), (4, 2.0)] and scalars["tokens_per_second"] == [(2, 50.0), (4, 50.0)]
 
 
-def test_workdirs_may_be_uris_but_data_order_needs_a_local_one():
-  """gs:// workdirs go through etils.epath (pathlib would make gs://bucket/run the local folder gs:/bucket/run);
-  the per-step data-order log appends, which an object store cannot, so it is refused before anything starts."""
+def test_a_uri_workdir_refuses_the_data_order_log_and_keeps_its_scheme():
+  """The per-step data-order log appends, which an object store cannot: with a gs:// workdir it is refused before
+  anything starts, naming the URI intact (pathlib would have made gs://bucket/run the local folder gs:/bucket/run;
+  the workdir goes through etils.epath)."""
   with pytest.raises(ConfigError, match="gs://bucket/run/data_order.txt.*local workdir"):
     train.train(small_config("train.log_data_order=True"), "gs://bucket/run")
 

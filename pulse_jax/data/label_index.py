@@ -57,15 +57,17 @@ def write(builder: tfds.core.DatasetBuilder) -> list[epath.Path]:
         continue
       chunks = [(version_dir, split, start, min(start + EXAMPLES_PER_CHUNK, info.num_examples))
                 for start in range(0, info.num_examples, EXAMPLES_PER_CHUNK)]
-      indices = np.concatenate([np.zeros(0, np.int64), *workers.map(_scan_chunk, chunks)])
       partial = path.with_name(f"{path.name}.incomplete-{os.getpid()}")
       try:
-        with partial.open("wb") as f:
-          np.save(f, indices)
+        with partial.open("wb") as f:  # opened first: a read-only folder is found before the split is read
+          np.save(f, np.concatenate([np.zeros(0, np.int64), *workers.map(_scan_chunk, chunks)]))
         partial.rename(path)
       except OSError as e:  # a read-only dataset folder: runs will read the split instead
         _logger.warning("cannot save the index of the labelled examples of split %r at %s: %s", split, path, e)
         return written
+      finally:
+        if partial.exists():  # a failed write leaves nothing behind
+          partial.unlink()
       written.append(path)
   return written
 
