@@ -5,6 +5,7 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,9 +15,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pulse_jax import checkpoint, train
+from pulse_jax import checkpoint, parallel, train
 from pulse_jax.config import model_config
 from pulse_jax.convert import hf, orbax_params
+from pulse_jax.data import standin
 from pulse_jax.errors import CheckpointError
 from pulse_jax.models import PulseModel
 from tests.conftest import REPO_ROOT
@@ -179,24 +181,27 @@ def test_initialise_from_imported_and_converted_checkpoints(tmp_path):
 STEPS, EVERY = 60, 20
 
 
-def _train_command(workdir: pathlib.Path) -> list[str]:
+def _train_command(workdir: pathlib.Path, steps: int = STEPS, every: int = EVERY) -> list[str]:
   overrides = [f"--config.{o}" for o in SMALL_OVERRIDES]
   return [sys.executable, "-m", "pulse_jax", "train", "--config", TINY_CONFIG, "--workdir", str(workdir), *overrides,
-          f"--config.train.steps={STEPS}", f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=3",
+          f"--config.train.steps={steps}", f"--config.checkpoint.every={every}", "--config.checkpoint.keep=3",
           "--config.train.log_data_order=True"]
 
 
-def _start(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
-  """`pulse-jax train` on 2 fake CPU devices (a (1, 2, 1) mesh) in the background, its output going to `log`.
+def _start(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path, *, steps: int = STEPS,
+           every: int = EVERY, process: dict[str, str] | None = None) -> subprocess.Popen:
+  """`pulse-jax train` on 2 fake CPU devices (a (1, 2, 1) mesh) in the background, its output going to `log`;
+  `process` (JAX_* variables) makes it one process of a multi-process run.
 
   Compilation dominates these short runs: LLVM optimisation is off (it halves compile time; the runs are
   equally deterministic) and one persistent compilation cache serves all four runs, so only the first compiles.
   """
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
              JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **(process or {}))
   with log.open("w") as out:
-    return subprocess.Popen(_train_command(workdir), cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(_train_command(workdir, steps, every), cwd=REPO_ROOT, env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
 
 
 def _finish(process: subprocess.Popen, log: pathlib.Path, status: int) -> str:
@@ -276,3 +281,50 @@ def test_killed_and_preempted_runs_resume_bit_identical(tmp_path):
   assert got.keys() == want.keys()
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+MULTI_STEPS = 4
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one(tmp_path):
+  """`pulse-jax train` as 2 processes of 2 CPU devices each, joined through JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID as on a GPU cluster (a multi-host run on one machine): each process feeds
+  its own examples, every checkpoint holds both data positions, a rerun resumes both, and the final parameters
+  equal one process's stepping through the same global batches (as logged) on 8 devices."""
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  workdir, cache = tmp_path / "run", tmp_path / "cache"
+
+  def run_both(name: str) -> list[str]:
+    runs = [(_start(workdir, cache, tmp_path / f"{name}{rank}.log", steps=MULTI_STEPS, every=2, process={
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(rank)}),
+             tmp_path / f"{name}{rank}.log") for rank in (0, 1)]
+    return [_finish(process, log, 0) for process, log in runs]
+
+  run_both("first")
+  order = _data_order(workdir)
+  assert sorted(order) == list(range(1, MULTI_STEPS + 1)) and all(len(ids) == 8 for ids in order.values())
+  for step in (2, MULTI_STEPS):
+    assert sorted(p.name for p in (workdir / "checkpoints" / str(step) / "data").glob("process_*.json")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+  # Process p reads examples p, p + 2, ... of the stand-in set (32 examples): its rows hold only those.
+  assert all({i % 2 for i in ids[:4]} == {0} and {i % 2 for i in ids[4:]} == {1} for ids in order.values())
+  again = run_both("again")  # both restore their own data position (process 0 says so)
+  assert f"resumed from {workdir / 'checkpoints' / str(MULTI_STEPS)}" in again[0]
+
+  config = small_config(f"train.steps={MULTI_STEPS}")
+  step_fns = small_train_step(config, (1, 8, 1), rules="fsdp")
+  mesh = step_fns.abstract_batch["input_ids"].sharding.mesh
+  model_cfg = model_config(config.model)
+  examples = standin.standin_dataset(model_cfg, num_examples=config.data.num_examples, seq_len=config.data.seq_len,
+                                     seed=config.data.seed)
+  state = step_fns.init(jax.numpy.int32(config.train.seed))
+  for step in range(1, MULTI_STEPS + 1):
+    rows = [examples[i] for i in order[step]]
+    batch = {name: np.stack([row[name] for row in rows]) for name in train.STEP_INPUTS}
+    state, _ = step_fns.step(state, parallel.global_batch(batch, mesh))
+  params, _ = checkpoint.load_params(str(workdir), model_cfg, step_fns.state_shardings["params"])
+  for name, value in _flat(jax.device_get(state["params"])).items():
+    np.testing.assert_allclose(_flat(params)[name], value, atol=5e-5, rtol=0, err_msg=name)
