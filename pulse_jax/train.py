@@ -476,8 +476,13 @@ class _Progress:
 
 
 def _log_data_order(path: epath.Path, step: int, local_ids: np.ndarray, is_main: bool) -> None:
-  """Appends "step id id ..." with the example ids of the whole global batch (all processes' rows)."""
-  ids = multihost_utils.process_allgather(np.asarray(local_ids), tiled=True)
+  """Appends "step id id ..." with the example ids of the whole global batch (all processes' rows).
+
+  The int64 ids travel as pairs of int32 halves: the gather goes through devices, where JAX's default 32-bit mode
+  would cut them to their low halves.
+  """
+  halves = np.ascontiguousarray(local_ids, np.int64).view(np.int32).reshape(-1, 2)
+  ids = np.ascontiguousarray(multihost_utils.process_allgather(halves, tiled=True), np.int32).view(np.int64).ravel()
   if is_main:
     with path.open("a") as f:
       f.write(f"{step} {' '.join(map(str, ids.tolist()))}\n")

@@ -2,12 +2,9 @@
 killed (SIGKILL) and preempted (SIGTERM) then resumed, ending bit-identical to an uninterrupted run."""
 
 import logging
-import os
 import pathlib
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -21,9 +18,8 @@ from pulse_jax.convert import hf, orbax_params
 from pulse_jax.data import standin
 from pulse_jax.errors import CheckpointError
 from pulse_jax.models import PulseModel
-from tests.conftest import REPO_ROOT
-from tests.train_helpers import (SMALL_OVERRIDES, TINY_CONFIG, small_config, small_train_step,
-                                 tensorboard_scalars)
+from tests.train_helpers import (SMALL_OVERRIDES, TINY_CONFIG, finish_train, run_processes, small_config,
+                                 small_train_step, start_train, tensorboard_scalars)
 
 
 def _random_state(abstract_state, seed=0) -> dict:
@@ -181,35 +177,16 @@ def test_initialise_from_imported_and_converted_checkpoints(tmp_path):
 STEPS, EVERY = 60, 20
 
 
-def _train_command(workdir: pathlib.Path, steps: int = STEPS, every: int = EVERY) -> list[str]:
+def _train_args(workdir: pathlib.Path, steps: int = STEPS, every: int = EVERY) -> list[str]:
   overrides = [f"--config.{o}" for o in SMALL_OVERRIDES]
-  return [sys.executable, "-m", "pulse_jax", "train", "--config", TINY_CONFIG, "--workdir", str(workdir), *overrides,
-          f"--config.train.steps={steps}", f"--config.checkpoint.every={every}", "--config.checkpoint.keep=3",
-          "--config.train.log_data_order=True"]
+  return ["--config", TINY_CONFIG, "--workdir", str(workdir), *overrides, f"--config.train.steps={steps}",
+          f"--config.checkpoint.every={every}", "--config.checkpoint.keep=3", "--config.train.log_data_order=True"]
 
 
-def _start(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path, *, steps: int = STEPS,
-           every: int = EVERY, process: dict[str, str] | None = None) -> subprocess.Popen:
-  """`pulse-jax train` on 2 fake CPU devices (a (1, 2, 1) mesh) in the background, its output going to `log`;
-  `process` (JAX_* variables) makes it one process of a multi-process run.
-
-  Compilation dominates these short runs: LLVM optimisation is off (it halves compile time; the runs are
-  equally deterministic) and one persistent compilation cache serves all four runs, so only the first compiles.
-  """
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
-             JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **(process or {}))
-  with log.open("w") as out:
-    return subprocess.Popen(_train_command(workdir, steps, every), cwd=REPO_ROOT, env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
-
-
-def _finish(process: subprocess.Popen, log: pathlib.Path, status: int) -> str:
-  """Waits for the run; checks its exit status and returns its output."""
-  returncode = process.wait(timeout=240)
-  output = log.read_text()
-  assert returncode == status, output[-3000:]
-  return output
+def _start(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
+  """`pulse-jax train` of the small config on 2 fake CPU devices (a (1, 2, 1) mesh), in the background; one
+  compilation cache serves all four runs of the kill test, so only the first compiles."""
+  return start_train(_train_args(workdir), log, cache=cache)
 
 
 def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 240) -> None:
@@ -252,7 +229,7 @@ def test_killed_and_preempted_runs_resume_bit_identical(tmp_path):
   killed = _start(run_dir, cache, logs["killed"])  # started once the reference has filled the compilation cache
   _wait_for(lambda: (run_dir / "checkpoints" / str(EVERY)).is_dir(), killed, "the first checkpoint")
   killed.send_signal(signal.SIGKILL)
-  _finish(killed, logs["killed"], -signal.SIGKILL)
+  finish_train(killed, logs["killed"], -signal.SIGKILL)
   killed_at = max(_data_order(run_dir))
   assert killed_at < STEPS
 
@@ -260,14 +237,14 @@ def test_killed_and_preempted_runs_resume_bit_identical(tmp_path):
   _wait_for(lambda: len((run_dir / "data_order.txt").read_text().splitlines()) > killed_at, preempted,
             "a step after resuming")
   preempted.send_signal(signal.SIGTERM)
-  output = _finish(preempted, logs["preempted"], train.PREEMPTED_EXIT_STATUS)
+  output = finish_train(preempted, logs["preempted"], train.PREEMPTED_EXIT_STATUS)
   assert f"resumed from {run_dir / 'checkpoints'}" in output
   preempted_at = int(output.split("preempted at step ")[1].split(":")[0])
   assert preempted_at < STEPS and (run_dir / "checkpoints" / str(preempted_at)).is_dir()
 
-  output = _finish(_start(run_dir, cache, logs["resumed"]), logs["resumed"], 0)
+  output = finish_train(_start(run_dir, cache, logs["resumed"]), logs["resumed"], 0)
   assert f"resumed from {run_dir / 'checkpoints' / str(preempted_at)}" in output
-  _finish(reference, logs["reference"], 0)
+  finish_train(reference, logs["reference"], 0)
 
   scalars = tensorboard_scalars(reference_dir / "tensorboard")
   assert sorted(step for step, _ in scalars["loss"]) == list(range(1, STEPS + 1))
@@ -292,18 +269,9 @@ def test_two_processes_train_as_one(tmp_path):
   JAX_NUM_PROCESSES and JAX_PROCESS_ID as on a GPU cluster (a multi-host run on one machine): each process feeds
   its own examples, every checkpoint holds both data positions, a rerun resumes both, and the final parameters
   equal one process's stepping through the same global batches (as logged) on 8 devices."""
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
   workdir, cache = tmp_path / "run", tmp_path / "cache"
-
-  def run_both(name: str) -> list[str]:
-    runs = [(_start(workdir, cache, tmp_path / f"{name}{rank}.log", steps=MULTI_STEPS, every=2, process={
-        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(rank)}),
-             tmp_path / f"{name}{rank}.log") for rank in (0, 1)]
-    return [_finish(process, log, 0) for process, log in runs]
-
-  run_both("first")
+  (tmp_path / "first").mkdir(), (tmp_path / "again").mkdir()
+  run_processes(_train_args(workdir, MULTI_STEPS, every=2), tmp_path / "first", cache=cache)
   order = _data_order(workdir)
   assert sorted(order) == list(range(1, MULTI_STEPS + 1)) and all(len(ids) == 8 for ids in order.values())
   for step in (2, MULTI_STEPS):
@@ -311,7 +279,7 @@ def test_two_processes_train_as_one(tmp_path):
         "process_0-of-2.json", "process_1-of-2.json"]
   # Process p reads examples p, p + 2, ... of the stand-in set (32 examples): its rows hold only those.
   assert all({i % 2 for i in ids[:4]} == {0} and {i % 2 for i in ids[4:]} == {1} for ids in order.values())
-  again = run_both("again")  # both restore their own data position (process 0 says so)
+  again = run_processes(_train_args(workdir, MULTI_STEPS, every=2), tmp_path / "again", cache=cache)
   assert f"resumed from {workdir / 'checkpoints' / str(MULTI_STEPS)}" in again[0]
 
   config = small_config(f"train.steps={MULTI_STEPS}")

@@ -26,7 +26,7 @@ from pulse_jax.data.image_processor import for_model, load_image, preprocess
 from pulse_jax.data.tokenizer import Tokenizer, train_tokenizer
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.llava import feature_layout, num_image_tokens
-from tests.train_helpers import small_config
+from tests.train_helpers import SMALL_OVERRIDES, TINY_CONFIG, run_processes, small_config
 
 tfds.disable_progress_bar()
 
@@ -321,16 +321,19 @@ def test_configuration_errors_name_the_problem(setup):
     pipeline.mixture_weights(dict(data, mixture={"ptbxl": 0.0}))
 
 
+def _build_overrides(setup, steps: int) -> list[str]:
+  """Config overrides that train the trainer tests' small model on the synthetic build for `steps` steps."""
+  data, config, _ = setup
+  return ["data.source='tfds'", f"data.builder='{data['builder']}'", f"data.data_dir='{data['data_dir']}'",
+          f"data.tokenizer='{data['tokenizer']}'", f"data.seq_len={SEQ_LEN}", f"data.buckets={BUCKETS}",
+          f"model.text.vocab_size={config.text.vocab_size}", f"model.image_token_id={config.image_token_id}",
+          f"train.steps={steps}", "train.eval_every=2", "train.eval_batches=1", "train.log_data_order=True",
+          "checkpoint.every=2"]
+
+
 def _train_on_the_build(setup, workdir, steps: int) -> None:
   """`pulse-jax train` (in this process) of the trainer tests' small model on the synthetic build, 8 devices."""
-  data, config, _ = setup
-  run = small_config(
-      "data.source='tfds'", f"data.builder='{data['builder']}'", f"data.data_dir='{data['data_dir']}'",
-      f"data.tokenizer='{data['tokenizer']}'", f"data.seq_len={SEQ_LEN}", f"data.buckets={BUCKETS}",
-      f"model.text.vocab_size={config.text.vocab_size}", f"model.image_token_id={config.image_token_id}",
-      f"train.steps={steps}", "train.eval_every=2", "train.eval_batches=1", "train.log_data_order=True",
-      "checkpoint.every=2")
-  assert train.train(run, str(workdir)) == 0
+  assert train.train(small_config(*_build_overrides(setup, steps)), str(workdir)) == 0
 
 
 def _data_order(workdir) -> dict[int, list[int]]:
@@ -370,3 +373,26 @@ def test_trainer_reads_the_build_and_resumes_exactly(setup, tmp_path, monkeypatc
   assert list(straight) == [1, 2, 3, 4] and resumed == straight
   examples = {pipeline.example_hash(i) for split in setup[2].values() for i in split}
   assert set(int(i) for ids in straight.values() for i in ids) <= examples
+
+
+@pytest.mark.slow
+def test_two_processes_pad_to_one_bucket(setup, tmp_path):
+  """`pulse-jax train` on the build as 2 processes (2 CPU devices each): when their batches fall in different
+  length buckets, both pad to the longer (pipeline.agree_on_length) so that the global batch has one shape, and
+  each process reads its own share of every split."""
+  steps = 4
+  overrides = [*_build_overrides(setup, steps), f"data.buckets={tuple(range(256, SEQ_LEN, 32))}"]  # fine buckets
+  run = small_config(*overrides)
+  model = model_config(run.model)
+  shares = [pipeline.batches(run.data, model, split="train", batch_size=4, seed=run.data.seed, process_index=rank,
+                             process_count=2) for rank in (0, 1)]
+  drawn = [take(share, steps) for share in shares]  # what each process will draw, step by step
+  lengths = [[batch["input_ids"].shape[1] for batch in batches] for batches in drawn]
+  assert lengths[0] != lengths[1], lengths  # the processes disagree at some step: the case under test
+  (tmp_path / "logs").mkdir()
+  run_processes(["--config", TINY_CONFIG, "--workdir", str(tmp_path / "run"),
+                 *(f"--config.{o}" for o in (*SMALL_OVERRIDES, *overrides))], tmp_path / "logs",
+                cache=tmp_path / "cache")
+  order = _data_order(tmp_path / "run")
+  assert order == {step: [str(i) for batches in drawn for i in batches[step - 1]["example_id"].tolist()]
+                   for step in range(1, steps + 1)}

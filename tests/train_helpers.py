@@ -5,8 +5,12 @@ views) and 48-token sequences, so a train step compiles in seconds; every dimens
 mesh axes.
 """
 
+import os
 import pathlib
+import socket
 import struct
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -64,3 +68,46 @@ def tensorboard_scalars(logdir: pathlib.Path) -> dict[str, list[tuple[int, float
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
+
+
+def free_port() -> int:
+  """A TCP port on the loopback nobody listens on now (for a multi-process run's coordinator)."""
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+def start_train(args: list[str], log: pathlib.Path, *, cache: pathlib.Path, devices: int = 2,
+                process: tuple[int, int, int] | None = None) -> subprocess.Popen:
+  """`pulse-jax train ARGS` in the background on `devices` fake CPU devices, its output going to `log`;
+  process = (coordinator port, process count, this process's rank) makes it one process of a multi-process run,
+  joined through the JAX_* variables as on a GPU cluster.
+
+  Compilation dominates these short runs: LLVM optimisation is off (it halves compile time; the runs are
+  equally deterministic) and the persistent compilation cache in `cache` serves runs of the same shapes.
+  """
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+             "--xla_backend_optimization_level=0", JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  if process is not None:
+    port, count, rank = process
+    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(rank))
+  with log.open("w") as out:
+    return subprocess.Popen([sys.executable, "-m", "pulse_jax", "train", *args], cwd=REPO_ROOT, env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+def finish_train(process: subprocess.Popen, log: pathlib.Path, status: int = 0) -> str:
+  """Waits for a start_train run; checks its exit status and returns its output."""
+  returncode = process.wait(timeout=240)
+  output = log.read_text()
+  assert returncode == status, output[-3000:]
+  return output
+
+
+def run_processes(args: list[str], logs: pathlib.Path, *, cache: pathlib.Path, count: int = 2) -> list[str]:
+  """`pulse-jax train ARGS` as `count` processes of 2 CPU devices each; their outputs (logs/<rank>.log)."""
+  port = free_port()
+  runs = [(start_train(args, logs / f"{rank}.log", cache=cache, process=(port, count, rank)), logs / f"{rank}.log")
+          for rank in range(count)]
+  return [finish_train(process, log) for process, log in runs]
