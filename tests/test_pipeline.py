@@ -247,6 +247,12 @@ def test_a_missing_or_wrong_index_is_read_around_with_a_warning(setup, tmp_path,
   assert "reading all" in caplog.text and str(path) in caplog.text
 
 
+def test_a_split_too_small_for_the_processes_is_named():
+  with pytest.raises(ConfigError, match="ecg_instruct/x: split 'ptbxl' has 1 examples, none for process 1 of 2"):
+    pipeline.mixed_examples({"ptbxl": [{"id": b"a"}]}, {"ptbxl": 1.0}, seed=0, process_index=1, process_count=2,
+                            dataset="ecg_instruct/x")
+
+
 def test_processes_read_disjoint_shares(setup):
   data, _, _ = setup
   weights = {"ptbxl": 1.0}

@@ -127,15 +127,19 @@ def epoch_size(splits: Mapping[str, Sequence], weights: Mapping[str, float]) -> 
 
 
 def mixed_examples(splits: Mapping[str, Sequence[dict[str, Any]]], weights: Mapping[str, float], *,
-                   seed: int | None, process_index: int, process_count: int) -> grain.MapDataset:
+                   seed: int | None, process_index: int, process_count: int,
+                   dataset: str = "the dataset") -> grain.MapDataset:
   """This process's stream of raw examples (as tfds.data_source returns them) from `splits` (training_splits): each
   sharded, shuffled per epoch (unless seed is None), repeated forever, and mixed at rates proportional to weight
-  (see module docstring)."""
+  (see module docstring). `dataset` names the data in the error raised when a split has no example for this
+  process (ConfigError)."""
   parts, rates = [], []
   for index, (split, weight) in enumerate(sorted(weights.items())):
     part = grain.MapDataset.source(splits[split])[process_index::process_count]
     if len(part) == 0:
-      raise ConfigError(f"split {split!r} has no example for process {process_index} of {process_count}")
+      raise ConfigError(f"{dataset}: split {split!r} has {len(splits[split])} examples, none for process "
+                        f"{process_index} of {process_count}; every process needs one (build more data, or drop "
+                        "the split from data.mixture)")
     if seed is not None:
       part = part.shuffle(seed=seed * 1009 + index)
     parts.append(part.repeat())
@@ -257,7 +261,8 @@ def batches(data: Mapping[str, Any], config: PulseConfig, *, split: str, batch_s
   process_count = jax.process_count() if process_count is None else process_count
   transform = PreprocessExample(config, data["tokenizer"], int(data["seq_len"]))
   splits = training_splits(data, weights)
-  stream = mixed_examples(splits, weights, seed=seed, process_index=process_index, process_count=process_count)
+  stream = mixed_examples(splits, weights, seed=seed, process_index=process_index, process_count=process_count,
+                          dataset=data["builder"])
   read = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=max(2, batch_size))
   pipeline = stream.map(transform).to_iter_dataset(read).batch(
       batch_size, drop_remainder=True, batch_fn=functools.partial(
