@@ -1,8 +1,10 @@
-"""Checkpoints: restore onto another mesh, corrupt-checkpoint fallback, imported weights, and `pulse-jax train`
-killed (SIGKILL) and preempted (SIGTERM) then resumed, ending bit-identical to an uninterrupted run."""
+"""Checkpoints: restore onto another mesh, corrupt-checkpoint fallback, imported weights, `pulse-jax train`
+killed (SIGKILL) and preempted (SIGTERM) then resumed, ending bit-identical to an uninterrupted run, and a
+two-process run that trains as one process would and resumes."""
 
 import logging
 import pathlib
+import shutil
 import signal
 import subprocess
 import time
@@ -267,10 +269,10 @@ MULTI_STEPS = 4
 def test_two_processes_train_as_one(tmp_path):
   """`pulse-jax train` as 2 processes of 2 CPU devices each, joined through JAX_COORDINATOR_ADDRESS,
   JAX_NUM_PROCESSES and JAX_PROCESS_ID as on a GPU cluster (a multi-host run on one machine): each process feeds
-  its own examples, every checkpoint holds both data positions, a rerun resumes both, and the final parameters
-  equal one process's stepping through the same global batches (as logged) on 8 devices."""
+  its own examples, every checkpoint holds both data positions, a run resumed from step 2 draws the same
+  examples as before, and the final parameters equal one process's stepping through the same global batches (as
+  logged) on 8 devices."""
   workdir, cache = tmp_path / "run", tmp_path / "cache"
-  (tmp_path / "first").mkdir(), (tmp_path / "again").mkdir()
   run_processes(_train_args(workdir, MULTI_STEPS, every=2), tmp_path / "first", cache=cache)
   order = _data_order(workdir)
   assert sorted(order) == list(range(1, MULTI_STEPS + 1)) and all(len(ids) == 8 for ids in order.values())
@@ -279,8 +281,12 @@ def test_two_processes_train_as_one(tmp_path):
         "process_0-of-2.json", "process_1-of-2.json"]
   # Process p reads examples p, p + 2, ... of the stand-in set (32 examples): its rows hold only those.
   assert all({i % 2 for i in ids[:4]} == {0} and {i % 2 for i in ids[4:]} == {1} for ids in order.values())
+  # Back to step 2 (as if killed before the last checkpoint): both processes resume their data where it was.
+  shutil.rmtree(workdir / "checkpoints" / str(MULTI_STEPS))
+  log = workdir / "data_order.txt"
+  log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:2]))
   again = run_processes(_train_args(workdir, MULTI_STEPS, every=2), tmp_path / "again", cache=cache)
-  assert f"resumed from {workdir / 'checkpoints' / str(MULTI_STEPS)}" in again[0]
+  assert f"resumed from {workdir / 'checkpoints' / '2'}" in again[0] and _data_order(workdir) == order
 
   config = small_config(f"train.steps={MULTI_STEPS}")
   step_fns = small_train_step(config, (1, 8, 1), rules="fsdp")
@@ -293,6 +299,8 @@ def test_two_processes_train_as_one(tmp_path):
     rows = [examples[i] for i in order[step]]
     batch = {name: np.stack([row[name] for row in rows]) for name in train.STEP_INPUTS}
     state, _ = step_fns.step(state, parallel.global_batch(batch, mesh))
-  params, _ = checkpoint.load_params(str(workdir), model_cfg, step_fns.state_shardings["params"])
-  for name, value in _flat(jax.device_get(state["params"])).items():
-    np.testing.assert_allclose(_flat(params)[name], value, atol=5e-5, rtol=0, err_msg=name)
+  params, read = checkpoint.load_params(str(workdir), model_cfg, step_fns.state_shardings["params"])
+  got, want = _flat(params), _flat(jax.device_get(state["params"]))
+  assert read.name == str(MULTI_STEPS) and got.keys() == want.keys()
+  for name, value in want.items():
+    np.testing.assert_allclose(got[name], value, atol=5e-5, rtol=0, err_msg=name)

@@ -248,7 +248,7 @@ def test_a_missing_or_wrong_index_is_read_around_with_a_warning(setup, tmp_path,
 
 
 def test_a_split_too_small_for_the_processes_is_named():
-  with pytest.raises(ConfigError, match="ecg_instruct/x: split 'ptbxl' has 1 examples, none for process 1 of 2"):
+  with pytest.raises(ConfigError, match="ecg_instruct/x: split 'ptbxl' holds 1 example\\(s\\), none for process 1 of 2"):
     pipeline.mixed_examples({"ptbxl": [{"id": b"a"}]}, {"ptbxl": 1.0}, seed=0, process_index=1, process_count=2,
                             dataset="ecg_instruct/x")
 
@@ -327,11 +327,11 @@ def test_configuration_errors_name_the_problem(setup):
     pipeline.mixture_weights(dict(data, mixture={"ptbxl": 0.0}))
 
 
-def _build_overrides(setup, steps: int) -> list[str]:
+def _build_overrides(setup, steps: int, buckets: tuple[int, ...] = BUCKETS) -> list[str]:
   """Config overrides that train the trainer tests' small model on the synthetic build for `steps` steps."""
   data, config, _ = setup
   return ["data.source='tfds'", f"data.builder='{data['builder']}'", f"data.data_dir='{data['data_dir']}'",
-          f"data.tokenizer='{data['tokenizer']}'", f"data.seq_len={SEQ_LEN}", f"data.buckets={BUCKETS}",
+          f"data.tokenizer='{data['tokenizer']}'", f"data.seq_len={SEQ_LEN}", f"data.buckets={buckets}",
           f"model.text.vocab_size={config.text.vocab_size}", f"model.image_token_id={config.image_token_id}",
           f"train.steps={steps}", "train.eval_every=2", "train.eval_batches=1", "train.log_data_order=True",
           "checkpoint.every=2"]
@@ -342,7 +342,7 @@ def _train_on_the_build(setup, workdir, steps: int) -> None:
   assert train.train(small_config(*_build_overrides(setup, steps)), str(workdir)) == 0
 
 
-def _data_order(workdir) -> dict[int, list[int]]:
+def _data_order(workdir) -> dict[int, list[str]]:
   return {int(step): ids for step, *ids in (line.split() for line in (workdir / "data_order.txt").read_text()
                                             .splitlines())}
 
@@ -387,7 +387,7 @@ def test_two_processes_pad_to_one_bucket(setup, tmp_path):
   length buckets, both pad to the longer (pipeline.agree_on_length) so that the global batch has one shape, and
   each process reads its own share of every split."""
   steps = 4
-  overrides = [*_build_overrides(setup, steps), f"data.buckets={tuple(range(256, SEQ_LEN, 32))}"]  # fine buckets
+  overrides = _build_overrides(setup, steps, buckets=tuple(range(256, SEQ_LEN, 32)))  # fine: lengths differ
   run = small_config(*overrides)
   model = model_config(run.model)
   shares = [pipeline.batches(run.data, model, split="train", batch_size=4, seed=run.data.seed, process_index=rank,
@@ -395,7 +395,6 @@ def test_two_processes_pad_to_one_bucket(setup, tmp_path):
   drawn = [take(share, steps) for share in shares]  # what each process will draw, step by step
   lengths = [[batch["input_ids"].shape[1] for batch in batches] for batches in drawn]
   assert lengths[0] != lengths[1], lengths  # the processes disagree at some step: the case under test
-  (tmp_path / "logs").mkdir()
   run_processes(["--config", TINY_CONFIG, "--workdir", str(tmp_path / "run"),
                  *(f"--config.{o}" for o in (*SMALL_OVERRIDES, *overrides))], tmp_path / "logs",
                 cache=tmp_path / "cache")

@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 
 import jax
 import ml_collections
@@ -70,10 +71,13 @@ def tensorboard_scalars(logdir: pathlib.Path) -> dict[str, list[tuple[int, float
   return scalars
 
 
+RUN_TIMEOUT_SECONDS = 240
+
+
 def free_port() -> int:
-  """A TCP port on the loopback nobody listens on now (for a multi-process run's coordinator)."""
+  """A TCP port nobody listens on now (for a multi-process run's coordinator, which binds every interface)."""
   with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
+    probe.bind(("", 0))
     return probe.getsockname()[1]
 
 
@@ -98,16 +102,40 @@ def start_train(args: list[str], log: pathlib.Path, *, cache: pathlib.Path, devi
 
 
 def finish_train(process: subprocess.Popen, log: pathlib.Path, status: int = 0) -> str:
-  """Waits for a start_train run; checks its exit status and returns its output."""
-  returncode = process.wait(timeout=240)
+  """Waits for a start_train run (killed after RUN_TIMEOUT_SECONDS); checks its exit status, returns its output."""
+  try:
+    returncode = process.wait(timeout=RUN_TIMEOUT_SECONDS)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.wait()
+    raise AssertionError(f"the run timed out: {log.read_text()[-3000:]}") from None
   output = log.read_text()
   assert returncode == status, output[-3000:]
   return output
 
 
 def run_processes(args: list[str], logs: pathlib.Path, *, cache: pathlib.Path, count: int = 2) -> list[str]:
-  """`pulse-jax train ARGS` as `count` processes of 2 CPU devices each; their outputs (logs/<rank>.log)."""
-  port = free_port()
-  runs = [(start_train(args, logs / f"{rank}.log", cache=cache, process=(port, count, rank)), logs / f"{rank}.log")
-          for rank in range(count)]
-  return [finish_train(process, log) for process, log in runs]
+  """`pulse-jax train ARGS` as `count` processes of 2 CPU devices each; their outputs (logs/<rank>.log).
+
+  All share one deadline. As soon as one fails (the others would then wait in a collective until its heartbeat
+  times out) or the deadline passes, every process still running is killed and the test fails with every log.
+  """
+  logs.mkdir(parents=True, exist_ok=True)
+  port, paths = free_port(), [logs / f"{rank}.log" for rank in range(count)]
+  processes = [start_train(args, path, cache=cache, process=(port, count, rank)) for rank, path in enumerate(paths)]
+  deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+  try:
+    while any(p.poll() is None for p in processes):
+      if any(p.returncode not in (None, 0) for p in processes) or time.monotonic() > deadline:
+        break
+      time.sleep(0.1)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  outputs = [path.read_text() for path in paths]
+  assert all(p.returncode == 0 for p in processes), "\n".join(
+      f"--- process {rank} (status {p.returncode}):\n{output[-2000:]}"
+      for rank, (p, output) in enumerate(zip(processes, outputs)))
+  return outputs

@@ -128,7 +128,7 @@ def epoch_size(splits: Mapping[str, Sequence], weights: Mapping[str, float]) -> 
 
 def mixed_examples(splits: Mapping[str, Sequence[dict[str, Any]]], weights: Mapping[str, float], *,
                    seed: int | None, process_index: int, process_count: int,
-                   dataset: str = "the dataset") -> grain.MapDataset:
+                   dataset: str | None = None) -> grain.MapDataset:
   """This process's stream of raw examples (as tfds.data_source returns them) from `splits` (training_splits): each
   sharded, shuffled per epoch (unless seed is None), repeated forever, and mixed at rates proportional to weight
   (see module docstring). `dataset` names the data in the error raised when a split has no example for this
@@ -137,9 +137,9 @@ def mixed_examples(splits: Mapping[str, Sequence[dict[str, Any]]], weights: Mapp
   for index, (split, weight) in enumerate(sorted(weights.items())):
     part = grain.MapDataset.source(splits[split])[process_index::process_count]
     if len(part) == 0:
-      raise ConfigError(f"{dataset}: split {split!r} has {len(splits[split])} examples, none for process "
-                        f"{process_index} of {process_count}; every process needs one (build more data, or drop "
-                        "the split from data.mixture)")
+      raise ConfigError(f"{f'{dataset}: ' if dataset else ''}split {split!r} holds {len(splits[split])} "
+                        f"example(s), none for process {process_index} of {process_count}; every process needs one "
+                        "(build more data, or drop the split from data.mixture)")
     if seed is not None:
       part = part.shuffle(seed=seed * 1009 + index)
     parts.append(part.repeat())
