@@ -2,7 +2,8 @@
 # The CUDA figures the training and evaluation issues ask for, in one run on a lent GPU machine: train-step time,
 # tokens/s and MFU (benchmarks/train_throughput.py) and batched generation tokens/s against transformers on the
 # same GPU (benchmarks/generate.py). Run from the repository root there, with the wheels of
-# benchmarks/cuda_wheels.txt in .whl/; each figure is also written to OUT_DIR. About 5 minutes on one H200.
+# benchmarks/cuda_wheels.txt in .whl/; each figure is also written to OUT_DIR. Not yet run on a GPU: give it a
+# whole device call (10 minutes) the first time.
 #
 #   bash benchmarks/cuda_check.sh [OUT_DIR]
 set -euo pipefail

@@ -416,23 +416,26 @@ class Generator:
           continue
         rows.append(row)
       if rows:
-        texts = self._generate(prompts, [images[row] for row in rows],
-                               [row_key(self.settings.seed, items[row].question_id, turn) for row in rows])
+        keys = ([row_key(self.settings.seed, items[row].question_id, turn) for row in rows]
+                if self.settings.temperature > 0 else None)  # greedy decoding draws nothing
+        texts = self._generate(prompts, [images[row] for row in rows], keys)
         for row, text in zip(rows, texts):
           answers[row].append(text)
     return answers
 
-  def _generate(self, prompts: list[np.ndarray], images: list[ModelImage], keys: list[jax.Array]) -> list[str]:
+  def _generate(self, prompts: list[np.ndarray], images: list[ModelImage], keys: list[jax.Array] | None
+                ) -> list[str]:
     """Decoded answers for the prompts, in one decode.generate call of batch_size rows (the last row repeated),
-    each row sampled (temperature > 0) with its own key."""
+    each row sampled with its own key (keys=None: greedy)."""
     fill = self.settings.batch_size - len(prompts)
-    prompts, images, keys = prompts + prompts[-1:] * fill, images + images[-1:] * fill, keys + keys[-1:] * fill
+    prompts, images = prompts + prompts[-1:] * fill, images + images[-1:] * fill
+    rng = None if keys is None else jnp.stack(keys + keys[-1:] * fill)
     settings, tokenizer = self.settings, self.loaded.tokenizer
     tokens, lengths = decode.generate(
         self.loaded.model, self.loaded.config, prompts, np.stack([i.pixel_values for i in images]),
         np.stack([i.layout for i in images]), max_new_tokens=settings.max_new_tokens, eos_id=tokenizer.eos_id,
         pad_id=tokenizer.pad_id, temperature=settings.temperature, top_p=settings.top_p,
-        rng=jnp.stack(keys), buckets=settings.buckets, mesh=self.mesh)
+        rng=rng, buckets=settings.buckets, mesh=self.mesh)
     real = len(prompts) - fill
     self.new_tokens += int(lengths[:real].sum())
     return [tokenizer.decode(tokens[row, :lengths[row]]).strip() for row in range(real)]
@@ -698,9 +701,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
   for name in (name for name in metrics.BENCH_SETS if (out_dir / f"{name}.jsonl").is_file()):
     records = sorted(read_predictions(out_dir / f"{name}.jsonl").values(), key=lambda r: r["index"])
     results[name] = score_records(name, records, judge)
-    if any("judge_error" in result for result in results[name].values()):
-      tqdm.tqdm.write(f"{name}: the judge failed, not asked again in this run: "
-                      f"{next(r['judge_error'] for r in results[name].values() if 'judge_error' in r)}")
+    judge_errors = [result["judge_error"] for result in results[name].values() if "judge_error" in result]
+    if judge_errors:
+      tqdm.tqdm.write(f"{name}: the judge failed, not asked again in this run: {judge_errors[0]}")
       judge = None
     set_info[name] = {
         "items": len(pipeline.source(bench_data(data), name)) if name in available else None,

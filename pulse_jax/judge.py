@@ -47,6 +47,8 @@ from tqdm import tqdm
 from pulse_jax import jsonl
 from pulse_jax.errors import ConfigError, DataError, JudgeError
 
+_logger = logging.getLogger(__name__)
+
 REPORT_ASPECTS: tuple[str, ...] = ("Diagnosis", "Form", "Rhythm")
 ARENA_ASPECTS: tuple[str, ...] = ("Accuracy", "Completeness", "Instruction Adherence")
 
@@ -241,8 +243,6 @@ def _message_content(payload: bytes, url: str) -> str:
   content = message.get("content") if isinstance(message, Mapping) else None
   return content if isinstance(content, str) else ""  # a refusal without content fails that sample only
 
-
-_logger = logging.getLogger(__name__)
 
 # HTTP statuses that refuse one request for what it holds, not the client: they fail that sample alone.
 SAMPLE_REFUSALS = ("HTTP 400", "HTTP 413", "HTTP 422")

@@ -76,12 +76,17 @@ def make_optimizer(train: Mapping, total_steps: int) -> optax.GradientTransforma
                   eps=train["adam_eps"], weight_decay=train["weight_decay"]))
 
 
-def trainable_filter(frozen: str):
-  """nnx filter: the Params whose '/'-joined path (e.g. 'vision_tower/layers/mlp/fc1/kernel') does not match
-  the regex `frozen` (searched, so '^vision_tower/' freezes the tower; '' freezes nothing)."""
+def _frozen_path(frozen: str) -> Callable[[str], bool]:
+  """Whether a '/'-joined parameter path (e.g. 'vision_tower/layers/mlp/fc1/kernel') matches the regex `frozen`
+  (searched, so '^vision_tower/' freezes the tower; '' freezes nothing)."""
   pattern = re.compile(frozen) if frozen else None
-  is_frozen = lambda path, _: pattern is not None and bool(pattern.search("/".join(map(str, path))))
-  return nnx.All(nnx.Param, nnx.Not(is_frozen))
+  return lambda path: pattern is not None and bool(pattern.search(path))
+
+
+def trainable_filter(frozen: str):
+  """nnx filter: the Params whose path `frozen` does not match (_frozen_path)."""
+  is_frozen = _frozen_path(frozen)
+  return nnx.All(nnx.Param, nnx.Not(lambda path, _: is_frozen("/".join(map(str, path)))))
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -387,11 +392,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
 
 
 def trains_any(params: Mapping, frozen: str, prefix: str) -> bool:
-  """Whether any parameter of `params` (the subtree at `prefix`) escapes the `frozen` regex (trainable_filter)."""
-  pattern = re.compile(frozen) if frozen else None
-  paths = ["/".join([prefix, *(str(getattr(key, "key", key)) for key in path)])
-           for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  return any(pattern is None or not pattern.search(path) for path in paths)
+  """Whether any parameter of `params` (the subtree at `prefix`) escapes the `frozen` regex, as trainable_filter
+  decides it."""
+  is_frozen = _frozen_path(frozen)
+  return any(not is_frozen("/".join([prefix, *(str(getattr(key, "key", key)) for key in path)]))
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0])
 
 
 def _say(is_main: bool, message: str) -> None:
