@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       param_dtype="float32",
       dtype="float32",
       remat="none",
+      attention="auto",
   ))
   # Stand-in examples until the ECGInstruct pipeline lands: up to 5 views x 64 features + ~30 text tokens.
   config.data = ml_collections.ConfigDict(dict(

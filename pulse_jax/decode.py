@@ -22,6 +22,7 @@ its sharding) and is merged back inside, so the compiled functions are cached pe
 bucket and sampling settings; the loop body is traced once, never per step.
 """
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
@@ -123,14 +124,16 @@ def _pad_rows(array, rows: int):
   return np.concatenate([array, np.zeros((rows - len(array), *array.shape[1:]), array.dtype)])
 
 
-def _next_token_logits(model: PulseModel, ids, mask, cache: KVCache, pixel_values=None, layout=None):
-  """Extends the cache with ids [B, T]; float32 logits [B, V] of the token after the last one.
+def _next_token_logits(model: PulseModel, ids, mask, cache: KVCache, pixel_values=None, layout=None, *,
+                       prefill: bool = False):
+  """Extends the cache with ids [B, T]; float32 logits [B, V] of the token after the last one. prefill: the
+  cache is empty (LlamaModel's prefill path).
 
   Runs the decoder and lm_head separately (rather than model.extend) so the prefill projects only its last
   position onto the vocabulary, not all T (for PULSE-7B a [B, ~3000, 32064] float32 array otherwise).
   """
   embeds = model.embed(ids, pixel_values, layout=layout)
-  hidden, cache = model.language_model.model(embeds, mask, cache=cache)
+  hidden, cache = model.language_model.model(embeds, mask, cache=cache, prefill=prefill)
   return model.language_model.lm_head(hidden[:, -1]).astype(jnp.float32), cache
 
 
@@ -186,13 +189,17 @@ def _constrain_cache(cache: KVCache, mesh: Mesh | None) -> KVCache:
 
 def _start(graphdef, params, ids, mask, pixel_values, layout, active, rng, *, sampling: Sampling,
            mesh: Mesh | None) -> DecodeState:
-  """Prefill: one pass over the left-padded prompts [B, T] (and images) into a fresh cache; chooses token 0."""
+  """Prefill: one pass over the left-padded prompts [B, T] (and images) into a fresh cache; chooses token 0.
+
+  Under `mesh`'s abstract mesh, so that the prompt's attention takes the splash kernel on TPU (models.splash).
+  """
   model = nnx.merge(graphdef, params)
   config = model.config
   batch, length = ids.shape
   cache = _constrain_cache(
       KVCache.empty(config.text, batch, length + sampling.max_new_tokens, config.jnp_dtype), mesh)
-  logits, cache = _next_token_logits(model, ids, mask, cache, pixel_values, layout)
+  with contextlib.nullcontext() if mesh is None else jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    logits, cache = _next_token_logits(model, ids, mask, cache, pixel_values, layout, prefill=True)
   state = DecodeState(
       step=jnp.zeros((), jnp.int32), tokens=jnp.full((batch, sampling.max_new_tokens), sampling.pad_id, jnp.int32),
       last=jnp.full((batch,), sampling.pad_id, jnp.int32), lengths=jnp.zeros((batch,), jnp.int32), done=~active,

@@ -181,6 +181,10 @@ def make_train_step(config: PulseConfig, mesh: Mesh, *, rules: parallel.Rules, t
     return _state_dict(model, nnx.Optimizer(model, tx, wrt=trainable))
 
   def train_step(state, batch):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's attention reads it (models.splash)
+      return _update(state, batch)
+
+  def _update(state, batch):
     model, optimizer = merge(state)
     graphdef, trained, rest = nnx.split(model, trainable, ...)
 
@@ -203,7 +207,8 @@ def make_train_step(config: PulseConfig, mesh: Mesh, *, rules: parallel.Rules, t
     return _state_dict(model, optimizer), metrics
 
   def eval_loss(state, batch):
-    return loss_sum(merge(state)[0], batch)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return loss_sum(merge(state)[0], batch)
 
   abstract_batch = _abstract_batch(config, mesh, global_batch, seq_len)
   batch_shardings = {name: spec.sharding for name, spec in abstract_batch.items()}

@@ -195,6 +195,16 @@ def test_sharded_over_a_mesh_gives_the_same_tokens(model, config, batch, referen
   np.testing.assert_array_equal(lengths, [STEPS] * 3)
 
 
+def test_splash_prefill_over_a_mesh_gives_the_same_tokens(config, batch, reference):
+  """The prompt's attention through the splash kernel (model.attention="splash", Pallas' interpreter here),
+  shard_mapped over the (2, 2, 2) mesh's rows and heads, on left-padded prompts: the same tokens."""
+  mesh = parallel.make_mesh((2, 2, 2))
+  splash_model = parallel.create_model(config.replace(attention="splash"), mesh, seed=0)
+  tokens, lengths = _generate(splash_model, config, batch, mesh=mesh)
+  np.testing.assert_array_equal(tokens, reference)
+  np.testing.assert_array_equal(lengths, [STEPS] * 3)
+
+
 def test_stream_yields_generate_tokens_with_one_step_compilation(model, config, batch, reference):
   prompts, pixels, layout = batch
   eos = int(reference[0, 5])

@@ -280,7 +280,7 @@ def test_causal_block_skipping_is_exact(length):
   valid = np.ones((2, length), bool)
   valid[1, length - 37:] = False  # right padding
   mask = jnp.tril(jnp.ones((length, length), bool))[None] & jnp.asarray(valid)[:, None, :]
-  np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, mask, block=128)),
+  np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, jnp.asarray(valid), block=128)),
                              np.asarray(attention(q, k, v, mask)), atol=1e-5, rtol=0)
 
 

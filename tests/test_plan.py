@@ -80,8 +80,8 @@ def tiny_plan():
 
 def test_plan_compiles_tiny_for_a_tpu_slice(tiny_plan):
   p = tiny_plan
-  assert (p.topology, p.chips, p.device_kind, p.mesh_shape) == ("v5p:2x2x1", 4, "TPU v5",
-                                                               {"data": 1, "fsdp": 4, "tensor": 1})
+  assert (p.topology, p.chips, p.device_kind, p.mesh_shape, p.attention) == (
+      "v5p:2x2x1", 4, "TPU v5", {"data": 1, "fsdp": 4, "tensor": 1}, "splash")
   assert p.memory["arguments"] > 0 and p.memory["temporaries"] > 0 and p.memory["program"] > 0
   assert 0 < p.bytes_per_chip < p.hbm_bytes == 95 * plan.GIB and p.fits
   assert 0.85 < p.xla_flops / p.model_flops < 1.3
@@ -90,11 +90,40 @@ def test_plan_compiles_tiny_for_a_tpu_slice(tiny_plan):
   assert p.step_seconds == pytest.approx(p.model_flops / (4 * 459e12 * 0.5))
 
 
+@pytest.mark.parametrize("attention, kernels", [("auto", 3), ("xla", 0)])
+def test_tpu_programs_run_the_splash_kernel_unless_told_not_to(attention, kernels):
+  """On a TPU mesh, model.attention "auto" compiles the decoder's attention to the splash kernel's three Mosaic
+  calls (forward, dq, dkv: pulse_jax.models.splash); "xla" to none."""
+  _need_libtpu()
+  config = apply_overrides(load_config(TINY), ["model.text.num_layers=1", "model.vision.feature_layer=-3",
+                                               f"model.attention={attention}"])
+  mesh = parallel.make_mesh((1, -1, 1), devices=plan.tpu_devices(*plan.resolve_topology("v5p-8"), num_slices=1))
+  assert plan.compile_train_step(config, mesh, total_steps=10).as_text().count("tpu_custom_call") == kernels
+
+
 def test_plan_report(tiny_plan):
   report = plan.format_plan(tiny_plan, "tiny on v5p-8")
-  assert report.startswith("tiny on v5p-8: v5p:2x2x1, 4 chips (TPU v5), mesh data=1 fsdp=4 tensor=1")
+  assert report.startswith("tiny on v5p-8: v5p:2x2x1, 4 chips (TPU v5), mesh data=1 fsdp=4 tensor=1, splash attention")
+  assert "not the splash kernel's attention" in report
   assert "of 95 GiB HBM: fits" in report and "XLA cost analysis" in report
   assert "300 steps (3 epochs of 800 examples)" in report and "assumed MFU of 50%" in report
+
+
+def test_a_counting_variant_too_large_for_hbm_leaves_the_plan_without_xla_flops(monkeypatch):
+  """A step can fit where a variant compiled only to count its loops does not (PULSE-7B on v4-64, whose variant
+  without decoder layers needs more HBM): the plan reports the fit and why XLA's FLOPs are missing."""
+  _need_libtpu()
+  compile_step = plan.compile_train_step
+
+  def exhausted_without_decoder_layers(config, mesh, total_steps):
+    if config.model.text.num_layers == 0:
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+    return compile_step(config, mesh, total_steps)
+  monkeypatch.setattr(plan, "compile_train_step", exhausted_without_decoder_layers)
+  config = apply_overrides(load_config(TINY), ["model.text.num_layers=2", "model.vision.feature_layer=-3"])
+  p = plan.make_plan(config, "v5p-8", examples=800)
+  assert p.fits and p.xla_flops is None
+  assert "XLA cost analysis  not counted: a variant" in plan.format_plan(p, "tiny on v5p-8")
 
 
 def test_cli_reports_a_step_too_large_for_hbm(capsys):

@@ -291,6 +291,22 @@ def test_rematerialisation_changes_memory_not_results(runs, small, remat):
     np.testing.assert_allclose(value, _flat(final)[name], atol=5e-5, rtol=0, err_msg=name)  # as across meshes
 
 
+@pytest.mark.parametrize("shape, rules, accum", [MESHES[0], MESHES[3]], ids=lambda m: str(m))
+def test_splash_attention_changes_memory_not_results(runs, small, shape, rules, accum):
+  """model.attention="splash" (the TPU flash kernel, run here by Pallas' interpreter, shard_mapped over the batch
+  and heads of the (2, 2, 2) mesh) trains exactly as the XLA attention: losses, gradient norms and parameters."""
+  config, batches = small
+  losses, initial, final, metrics = runs[shape]
+  step_fns = small_train_step(small_config("model.attention=splash"), shape, rules, accum)
+  mesh = step_fns.abstract_batch["input_ids"].sharding.mesh
+  state = jax.device_put(initial, step_fns.state_shardings)
+  for batch, want in zip(batches, metrics):
+    state, got = step_fns.step(state, parallel.global_batch({k: batch[k] for k in train.STEP_INPUTS}, mesh))
+    np.testing.assert_allclose([got["loss"], got["grad_norm"]], [want["loss"], want["grad_norm"]], rtol=1e-5)
+  for name, value in _flat(jax.device_get(state)).items():
+    np.testing.assert_allclose(value, _flat(final)[name], atol=5e-5, rtol=0, err_msg=name)
+
+
 def test_the_model_learns_an_answer_only_the_image_gives():
   """The image path carries gradient end to end (pixels -> tower -> projector -> LM -> loss on the answer): with
   the question fixed and the answer set by the image's brightness, the answer's loss falls far below chance."""

@@ -50,17 +50,20 @@ def dense(in_features: int, out_features: int, axes: tuple[str | None, str | Non
       rngs=rngs)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int = 256) -> jax.Array:
-  """`attention` for a causal mask (query t never sees key s > t), skipping the blocks above the diagonal.
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, block: int = 256) -> jax.Array:
+  """Causal attention (query t sees the valid keys s <= t), skipping the blocks above the diagonal.
 
   Queries are cut into ~`block`-long chunks and chunk [a, e) attends only keys [0, e): the result is exact, and
-  the score work (matmuls and the float32 softmax, which dominate long sequences on every backend) drops
-  towards half. q: [B, T, N, H]; k, v: [B, T, K, H]; mask: bool[B, T, T] (causal and padding).
+  the score work (matmuls and the float32 softmax, which dominate long sequences) drops towards half. q: [B, T,
+  N, H]; k, v: [B, T, K, H]; valid: bool[B, T], True for real tokens (padding is never attended).
   """
   length = q.shape[1]
   chunks = max(1, min(16, round(length / block)))
   edges = [round(i * length / chunks) for i in range(chunks + 1)]
-  outputs = [attention(q[:, a:e], k[:, :e], v[:, :e], mask[:, a:e, :e]) for a, e in zip(edges[:-1], edges[1:])]
+
+  def chunk_mask(a, e):
+    return (jnp.arange(e)[None, :] <= jnp.arange(a, e)[:, None])[None] & valid[:, None, :e]
+  outputs = [attention(q[:, a:e], k[:, :e], v[:, :e], chunk_mask(a, e)) for a, e in zip(edges[:-1], edges[1:])]
   return jnp.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
 
 

@@ -15,6 +15,7 @@ from pulse_jax.errors import ConfigError
 
 MergeMode = Literal["flat", "spatial_unpad"]
 RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
+AttentionImpl = Literal["auto", "xla", "splash"]
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -104,6 +105,9 @@ class PulseConfig:
     image_token_id: the placeholder id; the prompt holds one placeholder per image feature token.
     param_dtype / dtype: storage dtype of parameters and compute dtype of activations.
     remat: rematerialisation policy for the decoder layers in training.
+    attention: the decoder's full-sequence attention (training and held-out loss; decoding with a KV cache always
+      takes the XLA path): "splash" is the TPU flash-attention kernel (pulse_jax.models.splash), "xla" the plain
+      XLA computation, "auto" splash when the mesh in context is made of TPUs and XLA otherwise.
   """
   vision: VisionConfig = VisionConfig()
   text: TextConfig = TextConfig()
@@ -117,11 +121,14 @@ class PulseConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   remat: RematPolicy = "none"
+  attention: AttentionImpl = "auto"
 
   def __post_init__(self):
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ConfigError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
+    if self.attention not in ("auto", "xla", "splash"):
+      raise ConfigError(f"attention must be 'auto', 'xla' or 'splash', got {self.attention!r}")
     if self.merge_mode not in ("flat", "spatial_unpad"):
       raise ConfigError(f"merge_mode must be 'flat' or 'spatial_unpad', got {self.merge_mode!r}")
     # Accept lists (config files, JSON) but store tuples so that the config stays hashable.

@@ -6,7 +6,8 @@ along a leading `layers` axis (nnx.vmap at init, nnx.scan in the forward pass): 
 the depth, which keeps a 32-layer 7B compile short.
 
 Attention masks are built here from per-token validity, so callers only say which tokens are real:
-  * no cache: query t sees key s iff s <= t and key s is valid (causal + padding);
+  * no cache: query t sees key s iff s <= t and key s is valid (causal + padding), through the XLA path
+    (common.causal_attention) or the TPU splash kernel (pulse_jax.models.splash), as `PulseConfig.attention` says;
   * with a KVCache: the new tokens are written at slots [end, end + T) and query t sees every valid slot up to
     its own. Left-padded prompts therefore decode correctly, with RoPE positions that skip the padding.
 """
@@ -19,6 +20,7 @@ from flax import nnx
 from pulse_jax.models.common import (RMSNorm, activation, attention, causal_attention, dense, maybe_remat,
                                      sharding_context)
 from pulse_jax.models.config import PulseConfig, TextConfig
+from pulse_jax.models.splash import splash_causal_attention, uses_splash
 
 
 @flax.struct.dataclass
@@ -70,27 +72,32 @@ class Attention(nnx.Module):
               std=t.initializer_range)
     self.num_heads, self.num_kv_heads, self.head_dim, self.rope_theta = (
         t.num_heads, t.num_kv_heads, t.head_dim, t.rope_theta)
+    self.implementation = config.attention
     self.q_proj = dense(t.hidden_size, t.num_heads * t.head_dim, ("embed", "heads"), **kw)
     self.k_proj = dense(t.hidden_size, t.num_kv_heads * t.head_dim, ("embed", "kv_heads"), **kw)
     self.v_proj = dense(t.hidden_size, t.num_kv_heads * t.head_dim, ("embed", "kv_heads"), **kw)
     self.o_proj = dense(t.num_heads * t.head_dim, t.hidden_size, ("heads", "embed"), **kw)
 
-  def __call__(self, x, positions, mask, kv=None, end=None, layer=None):
-    """x: [B, T, E]; mask: bool[B, T, S]; kv: every layer's cached (k, v) [L, B, K, S, H], or None.
+  def __call__(self, x, positions, mask, kv=None, end=None, layer=None, prefill=False):
+    """x: [B, T, E]; kv: every layer's cached (k, v) [L, B, K, S, H], or None; mask: bool[B, T, S] with a cache,
+    else (and for a prefill) bool[B, T], True for real tokens (attention is then causal over them).
 
     With a cache, this layer (index `layer`) writes its T new keys/values at slots [end, end + T) in place and
-    attends over its own slab. Returns the output [B, T, E] and the updated (k, v) (None without a cache).
+    attends over its own slab; a prefill (an empty cache) attends among the new tokens alone instead, as without
+    a cache. Returns the output [B, T, E] and the updated (k, v) (None without a cache).
     """
     b, t, _ = x.shape
     q = rope(self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim), positions, self.rope_theta)
     k = rope(self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim), positions, self.rope_theta)
     v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-    if kv is None:
-      out = causal_attention(q, k, v, mask)
-    else:
+    if kv is not None:
       zero = jnp.zeros((), jnp.int32)
       kv = tuple(jax.lax.dynamic_update_slice(cached, new.transpose(0, 2, 1, 3)[None].astype(cached.dtype),
                                               (layer, zero, zero, end, zero)) for cached, new in zip(kv, (k, v)))
+    if kv is None or prefill:
+      attend = splash_causal_attention if uses_splash(self.implementation) else causal_attention
+      out = attend(q, k, v, mask)
+    else:
       k, v = (jax.lax.dynamic_index_in_dim(cached, layer, keepdims=False).astype(q.dtype) for cached in kv)
       out = attention(q, k, v, mask, kv_heads_first=True)
     return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), kv
@@ -123,22 +130,17 @@ class DecoderLayer(nnx.Module):
         t.hidden_size, t.rms_norm_eps, param_dtype=config.jnp_param_dtype, rngs=rngs)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x, positions, mask, kv=None, end=None, layer=None):
-    attn_out, kv = self.self_attn(self.input_layernorm(x), positions, mask, kv, end, layer)
+  def __call__(self, x, positions, mask, kv=None, end=None, layer=None, prefill=False):
+    attn_out, kv = self.self_attn(self.input_layernorm(x), positions, mask, kv, end, layer, prefill)
     x = x + attn_out
     return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
-def _attention_mask(attention_mask: jax.Array, cache: KVCache | None):
-  """bool[B, T, S] from the new tokens' validity bool[B, T] (and the cache's, when decoding)."""
-  b, t = attention_mask.shape
-  if cache is None:
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    return causal[None] & attention_mask[:, None, :], None
-  valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.end, axis=1)
-  query_slot = cache.end + jnp.arange(t)
-  causal = jnp.arange(cache.capacity)[None, :] <= query_slot[:, None]  # [T, S]
-  return causal[None] & valid[:, None, :], valid
+def _cache_mask(valid: jax.Array, end: jax.Array, new_tokens: int) -> jax.Array:
+  """bool[B, T, S]: new token t (in slot end + t) sees the valid slots up to its own; valid: bool[B, S]."""
+  query_slot = end + jnp.arange(new_tokens)
+  causal = jnp.arange(valid.shape[1])[None, :] <= query_slot[:, None]  # [T, S]
+  return causal[None] & valid[:, None, :]
 
 
 class LlamaModel(nnx.Module):
@@ -161,7 +163,7 @@ class LlamaModel(nnx.Module):
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, param_dtype=config.jnp_param_dtype, rngs=rngs)
 
   def __call__(self, inputs_embeds: jax.Array, attention_mask: jax.Array | None = None,
-               positions: jax.Array | None = None, cache: KVCache | None = None):
+               positions: jax.Array | None = None, cache: KVCache | None = None, prefill: bool = False):
     """Runs the decoder.
 
     Args:
@@ -170,6 +172,9 @@ class LlamaModel(nnx.Module):
       positions: int[B, T] RoPE positions (default: count of real tokens before each one, continuing from the
         cache's lengths, so padding never shifts positions).
       cache: a KVCache to extend, or None for a plain full-sequence forward.
+      prefill: the cache is empty (its `end` is 0; the caller knows, the trace cannot): the new tokens attend
+        among themselves through the full-sequence attention, as without a cache (causal blocks skipped, the
+        splash kernel on TPU), rather than over the whole capacity: no [B, N, T, S] scores for a long prompt.
 
     Returns:
       hidden states [B, T, E] after the final norm, and the updated cache (None without one).
@@ -179,21 +184,22 @@ class LlamaModel(nnx.Module):
     if positions is None:
       start = jnp.zeros((b,), jnp.int32) if cache is None else cache.lengths
       positions = start[:, None] + jnp.maximum(jnp.cumsum(attention_mask, axis=1, dtype=jnp.int32) - 1, 0)
-    mask, valid = _attention_mask(attention_mask, cache)
     x = inputs_embeds.astype(self.config.jnp_dtype)
 
     if cache is None:
       def body(x, layer):
-        return layer(x, positions, mask)[0]
+        return layer(x, positions, attention_mask)[0]
       body = maybe_remat(body, self.config.remat)
       x = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.layers)
       return self.norm(x), None
 
+    valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask, cache.end, axis=1)
+    mask = attention_mask if prefill else _cache_mask(valid, cache.end, t)
     # The whole cache rides in the carry and each layer updates its slab in place: scanning over it as inputs
     # and outputs instead would copy every layer's slab in and out at each step (O(cache) work per token).
     def cached_body(carry, layer):
       x, k, v, index = carry
-      x, (k, v) = layer(x, positions, mask, (k, v), cache.end, index)
+      x, (k, v) = layer(x, positions, mask, (k, v), cache.end, index, prefill)
       return x, k, v, index + 1
     x, k, v, _ = nnx.scan(cached_body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(
         (x, cache.k, cache.v, jnp.zeros((), jnp.int32)), self.layers)
