@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pulse_jax import parallel
@@ -241,6 +242,13 @@ def _rng(rng) -> jax.Array:
   return jax.random.key(0) if rng is None else rng
 
 
+def _gather(arrays):
+  """The whole of each array on this host: a mesh spanning several processes holds only some rows here."""
+  if all(array.is_fully_addressable for array in arrays):
+    return jax.device_get(arrays)
+  return multihost_utils.process_allgather(arrays, tiled=True)
+
+
 def generate(model: PulseModel, config: PulseConfig, prompts: Sequence[Sequence[int]], pixel_values=None,
              layout=None, *, max_new_tokens: int, eos_id: int, pad_id: int, temperature: float = 0.0,
              top_p: float = 1.0, rng: jax.Array | None = None, buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -263,7 +271,8 @@ def generate(model: PulseModel, config: PulseConfig, prompts: Sequence[Sequence[
     pad_batch_to: fill the batch with inert rows up to this many, so that a last, smaller batch reuses the
       executable compiled for full ones.
     mesh: a (data, fsdp, tensor) mesh to shard the batch over (its leading axis over data x fsdp); the batch is
-      filled with inert rows up to a multiple of that size. None: no sharding constraints.
+      filled with inert rows up to a multiple of that size. None: no sharding constraints. A mesh may span
+      several processes (multi-host): each then passes the same prompts and images, and gets every row back.
 
   Returns:
     tokens int32[B, max_new_tokens], each row's generated tokens without the prompt, pad_id after its end; and
@@ -284,7 +293,7 @@ def generate(model: PulseModel, config: PulseConfig, prompts: Sequence[Sequence[
     inputs = tuple(None if a is None else jax.device_put(a, parallel.batch_sharding(mesh, a.ndim)) for a in inputs)
   graphdef, params = nnx.split(model)
   state = _generate_batch(graphdef, params, *inputs, rng, sampling=sampling, mesh=mesh)
-  tokens, lengths = jax.device_get((state.tokens, state.lengths))
+  tokens, lengths = _gather((state.tokens, state.lengths))
   return np.asarray(tokens[:batch]), np.asarray(lengths[:batch])
 
 

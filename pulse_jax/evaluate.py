@@ -40,8 +40,11 @@ step, the folder name for Hugging Face; <build> = data.bench_builder with "/" as
 Report generation and Arena are scored by the LLM judge when `eval.judge.base_url` names an OpenAI-compatible
 endpoint (pulse_jax.judge), and always by the offline findings-F1 proxy.
 
-Single host: every local device takes part (the batch is sharded over the config's mesh); multi-host runs are not
-supported.
+Multi-host (a TPU pod slice, a GPU cluster: every process runs the same command, as for training): the mesh spans
+every process's devices and each batch is sharded over it; every process reads the benchmark build (data.data_dir
+must be visible to all, e.g. gs://) and prepares the same batches, and process 0 alone reads and writes DIR (on its
+own disk), scores and reports. Which items are already answered comes from process 0 to the others, so a resumed
+run stays in step everywhere; a refusal of the output folder on process 0 stops every process.
 """
 
 import argparse
@@ -53,7 +56,7 @@ import math
 import os
 import pathlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -64,6 +67,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -441,22 +445,54 @@ class Generator:
     return [tokenizer.decode(tokens[row, :lengths[row]]).strip() for row in range(real)]
 
 
+def on_process_zero(action: Callable[[], object]) -> None:
+  """Runs `action` (it touches the output folder, which only process 0 does) on process 0; the other processes
+  wait for its outcome, so that a failure there stops them all instead of leaving them in a collective."""
+  failure = None
+  if jax.process_index() == 0:
+    try:
+      action()
+    except Exception as e:  # pylint: disable=broad-except  re-raised below, once the others know
+      failure = e
+  if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(np.int32(failure is not None))):
+    if failure is None:
+      raise ConfigError("process 0 could not prepare the evaluation's output folder; its log says why")
+  if failure is not None:
+    raise failure
+
+
+def positions_from_process_zero(positions: Sequence[int]) -> set[int]:
+  """Process 0's `positions` (split positions) on every process; its own elsewhere when there is one process."""
+  if jax.process_count() == 1:
+    return set(positions)
+  count = int(multihost_utils.broadcast_one_to_all(np.int32(len(positions))))
+  padded = np.zeros(count, np.int32)  # int32: JAX's default 32-bit mode would truncate int64
+  padded[:len(positions)] = positions
+  return set(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tolist())
+
+
 def generate_set(name: str, items: Sequence[BenchItem], generator: Generator, path: pathlib.Path) -> SkipCounter:
-  """Answers the items of set `name` not yet in the predictions file `path`, appending after every batch."""
-  done = read_predictions(path)
-  todo = sorted((item for item in items if item.question_id not in done), key=generator.sort_length)
+  """Answers the items of set `name` not yet in the predictions file `path`, appending after every batch.
+
+  Multi-host: every process takes part in generation; process 0 alone reads and appends to `path`.
+  """
+  is_main = jax.process_index() == 0
+  done = read_predictions(path) if is_main else {}
+  done = positions_from_process_zero([item.index for item in items if item.question_id in done])
+  todo = sorted((item for item in items if item.index not in done), key=generator.sort_length)
   multi_turn = metrics.BENCH_SETS[name].kind == "arena"
   skipped = SkipCounter()
   batch_size = generator.settings.batch_size
   start_tokens, start_time = generator.new_tokens, time.perf_counter()
-  with tqdm.tqdm(total=len(items), initial=len(items) - len(todo), desc=name, unit="item",
-                 dynamic_ncols=True) as bar:
+  with tqdm.tqdm(total=len(items), initial=len(items) - len(todo), desc=name, unit="item", dynamic_ncols=True,
+                 disable=not is_main) as bar:
     for first in range(0, len(todo), batch_size):
       batch = todo[first:first + batch_size]
       answers = generator.answer(batch, skipped)
-      append_predictions(path, [prediction_record(item, texts, multi_turn=multi_turn,
-                                                  model_id=generator.loaded.model_id)
-                                for item, texts in zip(batch, answers) if texts is not None])
+      if is_main:
+        append_predictions(path, [prediction_record(item, texts, multi_turn=multi_turn,
+                                                    model_id=generator.loaded.model_id)
+                                  for item, texts in zip(batch, answers) if texts is not None])
       bar.update(len(batch))
       elapsed = time.perf_counter() - start_time
       bar.set_postfix(tok_s=f"{(generator.new_tokens - start_tokens) / elapsed:,.1f}")
@@ -658,7 +694,8 @@ def make_judge(section: Mapping[str, Any], cache_path: pathlib.Path) -> JudgeCli
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, sets: Sequence[str] = (),
              checkpoint_path: str | None = None, tokenizer: str | None = None) -> pathlib.Path:
-  """Generates the missing predictions of each set, scores them and writes the report; returns its folder.
+  """Generates the missing predictions of each set, scores them and writes the report; returns its folder (on
+  process 0, which alone writes it; see the module docstring for multi-host runs).
 
   Args:
     config: the experiment config (model, data, mesh and eval sections).
@@ -671,6 +708,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
     raise ConfigError(f"eval --workdir {workdir}: predictions are appended as they are made, which object stores "
                       "cannot do; use a local folder (or a mounted bucket); --checkpoint may be on gs://")
   workdir = pathlib.Path(workdir)
+  parallel.initialize_distributed()
+  is_main = jax.process_index() == 0
   data, section = config.data, config.eval
   available = built_sets(data)
   names = select_sets(list(sets) or list(section.sets), available, data.bench_builder)
@@ -680,22 +719,29 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
                       parallel.logical_rules(config.mesh.rules), tokenizer=tokenizer or "",
                       default_tokenizer=data.tokenizer)
   out_dir = workdir / "eval" / loaded.tag / data.bench_builder.replace("/", "-")
-  out_dir.mkdir(parents=True, exist_ok=True)
-  claim_output_folder(out_dir, {
-      "model_id": loaded.model_id, "checkpoint": str(loaded.path),
-      "tokenizer": str(pathlib.Path(loaded.tokenizer.path).resolve()),
-      "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "top_p": settings.top_p,
-      "seed": settings.seed})
+  identity = {"model_id": loaded.model_id, "checkpoint": str(loaded.path),
+              "tokenizer": str(pathlib.Path(loaded.tokenizer.path).resolve()),
+              "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+              "top_p": settings.top_p, "seed": settings.seed}
+  judge = None
+
+  def prepare_output_folder():  # process 0's: it alone reads and writes the folder
+    nonlocal judge
+    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out_dir, identity)
+    judge = make_judge(section.judge, out_dir / "judge_cache.jsonl")
+  on_process_zero(prepare_output_folder)
   generator = Generator(loaded, settings, mesh)
-  judge = make_judge(section.judge, out_dir / "judge_cache.jsonl")
 
   skips = {}
   for name in names:
     skips[name] = SkipCounter()
     items = read_set(data, name, skips[name])
     skips[name].merge(generate_set(name, items, generator, out_dir / f"{name}.jsonl"))
-    if skips[name].total:
+    if skips[name].total and is_main:
       tqdm.tqdm.write(f"{name}: {skips[name].summary()}")
+  if not is_main:
+    return out_dir  # process 0 scores and reports
 
   set_info, results, plots = {}, {}, {}
   for name in (name for name in metrics.BENCH_SETS if (out_dir / f"{name}.jsonl").is_file()):
@@ -743,6 +789,7 @@ def run(args: argparse.Namespace) -> int:
   config = apply_overrides(load_config(args.config), args.overrides)
   out_dir = evaluate(config, args.workdir, sets=args.bench, checkpoint_path=args.checkpoint,
                      tokenizer=args.tokenizer)
-  print(f"wrote {out_dir / 'report.md'}")
-  print((out_dir / "report.md").read_text())
+  if jax.process_index() == 0:
+    print(f"wrote {out_dir / 'report.md'}")
+    print((out_dir / "report.md").read_text())
   return 0

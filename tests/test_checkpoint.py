@@ -20,8 +20,8 @@ from pulse_jax.convert import hf, orbax_params
 from pulse_jax.data import standin
 from pulse_jax.errors import CheckpointError
 from pulse_jax.models import PulseModel
-from tests.train_helpers import (SMALL_OVERRIDES, TINY_CONFIG, finish_train, run_processes, small_config,
-                                 small_train_step, start_train, tensorboard_scalars)
+from tests.train_helpers import (SMALL_OVERRIDES, TINY_CONFIG, finish_pulse_jax, run_processes, small_config,
+                                 small_train_step, start_pulse_jax, tensorboard_scalars)
 
 
 def _random_state(abstract_state, seed=0) -> dict:
@@ -188,7 +188,7 @@ def _train_args(workdir: pathlib.Path, steps: int = STEPS, every: int = EVERY) -
 def _start(workdir: pathlib.Path, cache: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
   """`pulse-jax train` of the small config on 2 fake CPU devices (a (1, 2, 1) mesh), in the background; one
   compilation cache serves all four runs of the kill test, so only the first compiles."""
-  return start_train(_train_args(workdir), log, cache=cache)
+  return start_pulse_jax("train", _train_args(workdir), log, cache=cache)
 
 
 def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 240) -> None:
@@ -231,7 +231,7 @@ def test_killed_and_preempted_runs_resume_bit_identical(tmp_path):
   killed = _start(run_dir, cache, logs["killed"])  # started once the reference has filled the compilation cache
   _wait_for(lambda: (run_dir / "checkpoints" / str(EVERY)).is_dir(), killed, "the first checkpoint")
   killed.send_signal(signal.SIGKILL)
-  finish_train(killed, logs["killed"], -signal.SIGKILL)
+  finish_pulse_jax(killed, logs["killed"], -signal.SIGKILL)
   killed_at = max(_data_order(run_dir))
   assert killed_at < STEPS
 
@@ -239,14 +239,14 @@ def test_killed_and_preempted_runs_resume_bit_identical(tmp_path):
   _wait_for(lambda: len((run_dir / "data_order.txt").read_text().splitlines()) > killed_at, preempted,
             "a step after resuming")
   preempted.send_signal(signal.SIGTERM)
-  output = finish_train(preempted, logs["preempted"], train.PREEMPTED_EXIT_STATUS)
+  output = finish_pulse_jax(preempted, logs["preempted"], train.PREEMPTED_EXIT_STATUS)
   assert f"resumed from {run_dir / 'checkpoints'}" in output
   preempted_at = int(output.split("preempted at step ")[1].split(":")[0])
   assert preempted_at < STEPS and (run_dir / "checkpoints" / str(preempted_at)).is_dir()
 
-  output = finish_train(_start(run_dir, cache, logs["resumed"]), logs["resumed"], 0)
+  output = finish_pulse_jax(_start(run_dir, cache, logs["resumed"]), logs["resumed"], 0)
   assert f"resumed from {run_dir / 'checkpoints' / str(preempted_at)}" in output
-  finish_train(reference, logs["reference"], 0)
+  finish_pulse_jax(reference, logs["reference"], 0)
 
   scalars = tensorboard_scalars(reference_dir / "tensorboard")
   assert sorted(step for step, _ in scalars["loss"]) == list(range(1, STEPS + 1))
@@ -273,7 +273,7 @@ def test_two_processes_train_as_one(tmp_path):
   examples as before, and the final parameters equal one process's stepping through the same global batches (as
   logged) on 8 devices."""
   workdir, cache = tmp_path / "run", tmp_path / "cache"
-  run_processes(_train_args(workdir, MULTI_STEPS, every=2), tmp_path / "first", cache=cache)
+  run_processes("train", _train_args(workdir, MULTI_STEPS, every=2), tmp_path / "first", cache=cache)
   order = _data_order(workdir)
   assert sorted(order) == list(range(1, MULTI_STEPS + 1)) and all(len(ids) == 8 for ids in order.values())
   for step in (2, MULTI_STEPS):
@@ -285,7 +285,7 @@ def test_two_processes_train_as_one(tmp_path):
   shutil.rmtree(workdir / "checkpoints" / str(MULTI_STEPS))
   log = workdir / "data_order.txt"
   log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:2]))
-  again = run_processes(_train_args(workdir, MULTI_STEPS, every=2), tmp_path / "again", cache=cache)
+  again = run_processes("train", _train_args(workdir, MULTI_STEPS, every=2), tmp_path / "again", cache=cache)
   assert f"resumed from {workdir / 'checkpoints' / '2'}" in again[0] and _data_order(workdir) == order
 
   config = small_config(f"train.steps={MULTI_STEPS}")

@@ -24,8 +24,8 @@ from pulse_jax.data.image_processor import load_image
 from pulse_jax.data.tokenizer import Tokenizer, train_tokenizer
 from pulse_jax.errors import CheckpointError, ConfigError, DataError, JudgeError
 from pulse_jax.models import PulseModel
-from tests.conftest import REPO_ROOT
 from tests.test_judge import FakeServer, _completion, _scores
+from tests.train_helpers import TINY_CONFIG, run_processes
 
 tfds.disable_progress_bar()
 
@@ -96,7 +96,7 @@ def setup(tmp_path_factory):
     texts += [turn["value"].replace("<image>", "") for source in builder.as_data_source().values()
               for i in range(len(source)) for turn in conversations_of(source[i])]
   tokenizer = Tokenizer(train_tokenizer(texts, root / "tokenizer", 400))
-  config = apply_overrides(load_config(str(REPO_ROOT / "configs" / "tiny.py")), [
+  config = apply_overrides(load_config(TINY_CONFIG), [
       *SMALL_MODEL, f"model.text.vocab_size={tokenizer.vocab_size}", f"model.image_token_id={tokenizer.image_token_id}",
       f"data.data_dir={data_dir}", f"data.bench_builder=ecg_bench/{SYNTHETIC.name}", f"data.tokenizer={tokenizer.path}",
       f"eval.max_new_tokens={MAX_NEW_TOKENS}", f"eval.batch_size={BATCH}", f"eval.buckets={BUCKETS}"])
@@ -110,20 +110,23 @@ def setup(tmp_path_factory):
   return config, root / "run" / "checkpoints" / "5"
 
 
+def _eval_overrides(config) -> list[str]:
+  """The command-line overrides that make configs/tiny.py the setup fixture's config."""
+  return [f"--config.{key}={value}" for key, value in (
+      *(item.split("=", 1) for item in SMALL_MODEL), ("model.text.vocab_size", config.model.text.vocab_size),
+      ("model.image_token_id", config.model.image_token_id), ("data.data_dir", config.data.data_dir),
+      ("data.bench_builder", config.data.bench_builder), ("data.tokenizer", config.data.tokenizer),
+      ("eval.max_new_tokens", MAX_NEW_TOKENS), ("eval.batch_size", BATCH), ("eval.buckets", BUCKETS))]
+
+
 @pytest.fixture(scope="module")
 def synthetic_run(setup):
   """`pulse-jax eval` over every set of the synthetic build, the checkpoint found in WORKDIR/checkpoints."""
   config, step_dir = setup
   workdir = step_dir.parent.parent
-  overrides = [f"--config.{key}={value}" for key, value in (
-      *(item.split("=", 1) for item in SMALL_MODEL), ("model.text.vocab_size", config.model.text.vocab_size),
-      ("model.image_token_id", config.model.image_token_id), ("data.data_dir", config.data.data_dir),
-      ("data.bench_builder", config.data.bench_builder), ("data.tokenizer", config.data.tokenizer),
-      ("eval.max_new_tokens", MAX_NEW_TOKENS), ("eval.batch_size", BATCH), ("eval.buckets", BUCKETS))]
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    assert cli.main(["eval", "--config", str(REPO_ROOT / "configs" / "tiny.py"), "--workdir", str(workdir),
-                     *overrides]) == 0
+    assert cli.main(["eval", "--config", TINY_CONFIG, "--workdir", str(workdir), *_eval_overrides(config)]) == 0
   return workdir / "eval" / "step_5" / "ecg_bench-synthetic_eval", printed.getvalue()
 
 
@@ -237,6 +240,32 @@ def test_resume_after_interruption(setup, synthetic_run, tmp_path, monkeypatch):
     assert len(records) == len({r["question_id"] for r in records}) == 12
     assert {r["question_id"]: r for r in records} == {r["question_id"]: r for r in _records(full_dir / f"{name}.jsonl")}
     assert resumed["sets"][name] == full["sets"][name]
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_as_one(setup, synthetic_run, tmp_path):
+  """`pulse-jax eval` as two processes of 2 CPU devices each (joined through the JAX_* variables, as on a GPU
+  cluster), resuming a folder in which process 0 holds part of cpsc-test: every item once, the earlier lines
+  kept, the answers of the one-process run, and process 0 alone writes and reports. Were the answered items not
+  passed on from process 0, process 1 would generate one batch more and the collectives would not match."""
+  config, step_dir = setup
+  full_dir, _ = synthetic_run
+  sets = ("cpsc-test", "ptb-test-report")
+  out_dir = tmp_path / "run" / "eval" / "step_5" / "ecg_bench-synthetic_eval"
+  out_dir.mkdir(parents=True)
+  (out_dir / "run.json").write_text((full_dir / "run.json").read_text())
+  kept = "".join((full_dir / "cpsc-test.jsonl").read_text().splitlines(keepends=True)[:5])
+  (out_dir / "cpsc-test.jsonl").write_text(kept)
+  outputs = run_processes("eval", ["--config", TINY_CONFIG, "--workdir", str(tmp_path / "run"), "--checkpoint",
+                                   str(step_dir), *(f"--bench={name}" for name in sets), *_eval_overrides(config)],
+                          tmp_path / "logs", cache=tmp_path / "cache")
+  assert "wrote " in outputs[0] and "wrote " not in outputs[1]
+  for name in sets:
+    records = _records(out_dir / f"{name}.jsonl")
+    assert len(records) == len({r["question_id"] for r in records}) == len(evaluate.read_set(config.data, name))
+    assert {r["question_id"]: r for r in records} == {r["question_id"]: r for r in _records(full_dir / f"{name}.jsonl")}
+  assert (out_dir / "cpsc-test.jsonl").read_text().startswith(kept)
+  assert "cpsc-test" in (out_dir / "report.md").read_text()
 
 
 def test_sampled_answers_survive_a_resume(setup, synthetic_run, tmp_path, monkeypatch):
@@ -431,7 +460,7 @@ def test_bad_requests_are_named(setup, tmp_path):
   wrong = apply_overrides(config.copy_and_resolve_references(), ["model.text.num_layers=3"])
   with pytest.raises(CheckpointError, match="cannot restore the parameters"):
     evaluate.evaluate(wrong, tmp_path, sets=("ptb-test",), checkpoint_path=str(step_dir))
-  assert cli.main(["eval", "--config", str(REPO_ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path),
+  assert cli.main(["eval", "--config", TINY_CONFIG, "--workdir", str(tmp_path),
                    f"--config.data.data_dir={config.data.data_dir}", "--bench", "nope"]) == 1
   with pytest.raises(ConfigError, match="gs://bucket/run: predictions are appended.*use a local folder"):
     evaluate.evaluate(config, "gs://bucket/run", sets=("ptb-test",), checkpoint_path=str(step_dir))

@@ -395,8 +395,8 @@ def test_two_processes_pad_to_one_bucket(setup, tmp_path):
   drawn = [take(share, steps) for share in shares]  # what each process will draw, step by step
   lengths = [[batch["input_ids"].shape[1] for batch in batches] for batches in drawn]
   assert lengths[0] != lengths[1], lengths  # the processes disagree at some step: the case under test
-  run_processes(["--config", TINY_CONFIG, "--workdir", str(tmp_path / "run"),
-                 *(f"--config.{o}" for o in (*SMALL_OVERRIDES, *overrides))], tmp_path / "logs",
+  run_processes("train", ["--config", TINY_CONFIG, "--workdir", str(tmp_path / "run"),
+                          *(f"--config.{o}" for o in (*SMALL_OVERRIDES, *overrides))], tmp_path / "logs",
                 cache=tmp_path / "cache")
   order = _data_order(tmp_path / "run")
   assert order == {step: [str(i) for batches in drawn for i in batches[step - 1]["example_id"].tolist()]

@@ -1,4 +1,5 @@
-"""Helpers for the trainer and checkpoint tests: the smallest PULSE that still exercises every code path.
+"""Helpers for the trainer and checkpoint tests (the smallest PULSE that still exercises every code path) and for
+running `pulse-jax` commands as processes, multi-process ones included.
 
 The model is configs/tiny.py shrunk to 2 + 2 layers, 64 / 32 hidden, 28 px tiles (4 features per view, up to 5
 views) and 48-token sequences, so a train step compiles in seconds; every dimension divides the 8 fake devices'
@@ -81,9 +82,9 @@ def free_port() -> int:
     return probe.getsockname()[1]
 
 
-def start_train(args: list[str], log: pathlib.Path, *, cache: pathlib.Path, devices: int = 2,
-                process: tuple[int, int, int] | None = None) -> subprocess.Popen:
-  """`pulse-jax train ARGS` in the background on `devices` fake CPU devices, its output going to `log`;
+def start_pulse_jax(command: str, args: list[str], log: pathlib.Path, *, cache: pathlib.Path, devices: int = 2,
+                    process: tuple[int, int, int] | None = None) -> subprocess.Popen:
+  """`pulse-jax COMMAND ARGS` in the background on `devices` fake CPU devices, its output going to `log`;
   process = (coordinator port, process count, this process's rank) makes it one process of a multi-process run,
   joined through the JAX_* variables as on a GPU cluster.
 
@@ -97,12 +98,13 @@ def start_train(args: list[str], log: pathlib.Path, *, cache: pathlib.Path, devi
     port, count, rank = process
     env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(rank))
   with log.open("w") as out:
-    return subprocess.Popen([sys.executable, "-m", "pulse_jax", "train", *args], cwd=REPO_ROOT, env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "pulse_jax", command, *args], cwd=REPO_ROOT, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
 
 
-def finish_train(process: subprocess.Popen, log: pathlib.Path, status: int = 0) -> str:
-  """Waits for a start_train run (killed after RUN_TIMEOUT_SECONDS); checks its exit status, returns its output."""
+def finish_pulse_jax(process: subprocess.Popen, log: pathlib.Path, status: int = 0) -> str:
+  """Waits for a start_pulse_jax run (killed after RUN_TIMEOUT_SECONDS); checks its exit status, returns its
+  output."""
   try:
     returncode = process.wait(timeout=RUN_TIMEOUT_SECONDS)
   except subprocess.TimeoutExpired:
@@ -114,15 +116,17 @@ def finish_train(process: subprocess.Popen, log: pathlib.Path, status: int = 0) 
   return output
 
 
-def run_processes(args: list[str], logs: pathlib.Path, *, cache: pathlib.Path, count: int = 2) -> list[str]:
-  """`pulse-jax train ARGS` as `count` processes of 2 CPU devices each; their outputs (logs/<rank>.log).
+def run_processes(command: str, args: list[str], logs: pathlib.Path, *, cache: pathlib.Path,
+                  count: int = 2) -> list[str]:
+  """`pulse-jax COMMAND ARGS` as `count` processes of 2 CPU devices each; their outputs (logs/<rank>.log).
 
   All share one deadline. As soon as one fails (the others would then wait in a collective until its heartbeat
   times out) or the deadline passes, every process still running is killed and the test fails with every log.
   """
   logs.mkdir(parents=True, exist_ok=True)
   port, paths = free_port(), [logs / f"{rank}.log" for rank in range(count)]
-  processes = [start_train(args, path, cache=cache, process=(port, count, rank)) for rank, path in enumerate(paths)]
+  processes = [start_pulse_jax(command, args, path, cache=cache, process=(port, count, rank))
+               for rank, path in enumerate(paths)]
   deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
   try:
     while any(p.poll() is None for p in processes):
