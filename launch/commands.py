@@ -89,10 +89,13 @@ def venv_install(python: str, extra: str) -> str:
           f" && .venv/bin/pip install --quiet -e {shlex.quote(f'.[{extra}]')}")
 
 
-def train_command(train_args: Sequence[str], env: Mapping[str, str]) -> str:
-  """Shell for `pulse-jax train ARGS` from the checkout's venv, under `env` (through env(1) when not empty)."""
+JOBS = ("train", "eval")  # the pulse-jax commands the launchers start on every host
+
+
+def pulse_jax_command(job: str, args: Sequence[str], env: Mapping[str, str]) -> str:
+  """Shell for `pulse-jax JOB ARGS` from the checkout's venv, under `env` (through env(1) when not empty)."""
   prefix = ["env", *(f"{name}={value}" for name, value in env.items())] if env else []
-  return shlex.join([*prefix, ".venv/bin/pulse-jax", "train", *train_args])
+  return shlex.join([*prefix, ".venv/bin/pulse-jax", job, *args])
 
 
 def detached(command: str, log: str) -> str:

@@ -1,5 +1,5 @@
-"""Train on a Cloud TPU pod slice with gcloud: create it, install the project on every worker, start `pulse-jax
-train` on all workers, follow the log, delete it.
+"""Train (or evaluate) on a Cloud TPU pod slice with gcloud: create it, install the project on every worker,
+start `pulse-jax train` (`--job eval`: `pulse-jax eval`) on all workers, follow the log, delete it.
 
   python -m launch.tpu_pod create install run --name pulse --zone us-east5-a --accelerator-type v5p-64 \\
       -- --config configs/pulse_7b.py --workdir gs://BUCKET/runs/pulse_7b
@@ -7,8 +7,10 @@ train` on all workers, follow the log, delete it.
   python -m launch.tpu_pod delete --name pulse --zone us-east5-a
 
 Actions run in the order given; `--dry-run` prints the exact commands instead. Everything after `--` is passed
-to `pulse-jax train` unchanged. On a TPU VM JAX finds the other workers by itself, so every worker runs the same
-command. The checkpoint workdir must be a gs:// path (or another filesystem all workers share).
+to `pulse-jax train` (or `pulse-jax eval`) unchanged, its output going to train.log (eval.log) in the checkout.
+On a TPU VM JAX finds the other workers by itself, so every worker runs the same command. The checkpoint workdir
+must be a gs:// path (or another filesystem all workers share); an evaluation's workdir is worker 0's own folder,
+where it alone writes the predictions and the report.
 
 Several slices (Multislice, data parallel over DCN): `--num-slices N` with `--queued` asks for one queued resource
 of N nodes (NAME-0 ... NAME-<N-1>), installs and runs on every worker of every node (gcloud's queued-resources
@@ -26,13 +28,12 @@ import math
 import shlex
 import sys
 
-from launch.commands import (REPO_ROOT, Runner, Step, detached, execute, parse_env,
-                             parse_launcher_args, run_subprocess, train_command, venv_install)
+from launch.commands import (JOBS, REPO_ROOT, Runner, Step, detached, execute, parse_env,
+                             parse_launcher_args, pulse_jax_command, run_subprocess, venv_install)
 
 ACTIONS = ("create", "install", "run", "logs", "delete")
 REMOTE_DIR = "pulse-jax"  # under the worker's home directory, where gcloud ssh starts
 REMOTE_ARCHIVE = "pulse-jax.tar.gz"
-LOG_FILE = "train.log"  # inside REMOTE_DIR
 QUEUE_POLL_SECONDS = 30
 
 # Default TPU software version per generation (cloud.google.com/tpu/docs/runtimes), keyed by the accelerator
@@ -78,8 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   install.add_argument("--ref", default="HEAD", help="commit, branch or tag to install (default: HEAD)")
   install.add_argument("--python", default="python3.11", help="interpreter for the workers' venv")
   run = parser.add_argument_group("run / logs")
+  run.add_argument("--job", choices=JOBS, default="train",
+                   help="the pulse-jax command `run` starts and whose log (JOB.log) `logs` follows")
   run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="environment for `pulse-jax train` (repeatable), e.g. TFDS_DATA_DIR=gs://BUCKET/tfds")
+                   help="environment for `pulse-jax JOB` (repeatable), e.g. TFDS_DATA_DIR=gs://BUCKET/tfds")
   run.add_argument("--worker", default="0", help="worker whose log `logs` follows (default: 0)")
   run.add_argument("--node", default="0", help="with --num-slices: the slice whose worker `logs` follows")
 
@@ -133,17 +136,22 @@ class TpuPod:
             self._on_workers("scp", local_archive, f"{self.name}:{REMOTE_ARCHIVE}", worker="all", node="all"),
             self.ssh(f"{ensure_python} && {unpack} && {setup}")]
 
-  def run(self, train_args: list[str], env: dict[str, str]) -> list[Step]:
-    return [self.ssh(f"cd {REMOTE_DIR} && {detached(train_command(train_args, env), LOG_FILE)}")]
+  def run(self, job: str, job_args: list[str], env: dict[str, str]) -> list[Step]:
+    return [self.ssh(f"cd {REMOTE_DIR} && {detached(pulse_jax_command(job, job_args, env), log_file(job))}")]
 
-  def logs(self, worker: str, node: str = "0") -> list[Step]:
-    return [self.ssh(f"tail -n 200 -F {REMOTE_DIR}/{LOG_FILE}", worker=worker, node=node)]
+  def logs(self, job: str, worker: str, node: str = "0") -> list[Step]:
+    return [self.ssh(f"tail -n 200 -F {REMOTE_DIR}/{log_file(job)}", worker=worker, node=node)]
 
   def delete(self, *, queued: bool) -> list[Step]:
     if queued:  # --force also deletes the TPU the queued resource holds
       return [("gcloud", "compute", "tpus", "queued-resources", "delete", self.name, *self.location, "--force",
                "--quiet")]
     return [("gcloud", "compute", "tpus", "tpu-vm", "delete", self.name, *self.location, "--quiet")]
+
+
+def log_file(job: str) -> str:
+  """Where `run` appends a job's output, inside REMOTE_DIR on every worker."""
+  return f"{job}.log"
 
 
 def dcn_slices(train_args: list[str]) -> int | None:
@@ -177,13 +185,13 @@ def launch_steps(args: argparse.Namespace, train_args: list[str]) -> list[Step]:
       steps += pod.install(git_url=args.git_url, ref=args.ref, python=args.python)
     elif action == "run":
       if not train_args:
-        raise ValueError("run needs the `pulse-jax train` arguments after `--`")
+        raise ValueError(f"run needs the `pulse-jax {args.job}` arguments after `--`")
       if args.num_slices > 1 and dcn_slices(train_args) != args.num_slices:
         raise ValueError(f"run over {args.num_slices} slices needs --config.mesh.dcn=({args.num_slices},1,1) "
                          "after `--` (data parallelism across the slices)")
-      steps += pod.run(train_args, parse_env(args.env))
+      steps += pod.run(args.job, train_args, parse_env(args.env))
     elif action == "logs":
-      steps += pod.logs(args.worker, args.node)
+      steps += pod.logs(args.job, args.worker, args.node)
     else:
       steps += pod.delete(queued=args.queued)
   return steps

@@ -86,20 +86,22 @@ def test_tpu_dry_run_prints_exactly_what_runs(capsys):
   assert archive[-1] == "HEAD" and scp[5:7] == (archive_path, f"pulse:{tpu_pod.REMOTE_ARCHIVE}")
   assert "--worker=all" in scp and "--worker=all" in install and "--worker=all" in run
   assert f"tar -xzf {tpu_pod.REMOTE_ARCHIVE}" in install[-1] and "-e '.[tpu]'" in install[-1]
-  assert "--worker=0" in logs and logs[-1].endswith(f"{tpu_pod.REMOTE_DIR}/{tpu_pod.LOG_FILE}")
+  assert "--worker=0" in logs and logs[-1].endswith(f"{tpu_pod.REMOTE_DIR}/train.log")
   assert delete[3:5] == ("queued-resources", "delete") and "--force" in delete
 
 
-def test_tpu_run_command_starts_train_detached_with_arguments_intact(tmp_path):
-  (run,) = _run_launcher(tpu_pod.main, _tpu_argv("run"))
+@pytest.mark.parametrize("job", ["train", "eval"])
+def test_tpu_run_command_starts_the_job_detached_with_arguments_intact(tmp_path, job):
+  (run, logs) = _run_launcher(tpu_pod.main, _tpu_argv("run", "logs", extra=["--job", job]))
   assert run[run.index("--command") - 1] == "--worker=all"
   out = tmp_path / "out"
   out.mkdir()
   _fake_pulse_jax(tmp_path / tpu_pod.REMOTE_DIR / ".venv", out)
   subprocess.run(["bash", "-c", run[-1]], cwd=tmp_path, check=True, timeout=20)  # what each worker runs
   record = _wait_for(out / "single.json")
-  assert record == {"argv": ["train", *TRAIN_ARGS], "env": ENV}
-  assert (tmp_path / tpu_pod.REMOTE_DIR / tpu_pod.LOG_FILE).exists()
+  assert record == {"argv": [job, *TRAIN_ARGS], "env": ENV}
+  assert (tmp_path / tpu_pod.REMOTE_DIR / f"{job}.log").exists()
+  assert logs[-1].endswith(f"{tpu_pod.REMOTE_DIR}/{job}.log")
 
 
 def test_tpu_queued_resource_wait_loop(tmp_path, monkeypatch):
@@ -207,13 +209,14 @@ def test_sbatch_executing_writes_the_script_and_submits_it(tmp_path):
   assert script.read_text().startswith("#!/bin/bash\n#SBATCH --job-name=pulse-jax\n#SBATCH --nodes=4\n")
 
 
-def test_ssh_starts_process_i_on_host_i(tmp_path, capsys):
+@pytest.mark.parametrize("job", ["train", "eval"])
+def test_ssh_starts_process_i_on_host_i(tmp_path, capsys, job):
   repo, out = tmp_path / "repo", tmp_path / "out"
   out.mkdir()
   _fake_pulse_jax(repo / ".venv", out)
   hosts = ["me@gpu1", "gpu2", "gpu3"]
-  argv = ["ssh", "--hosts", ",".join(hosts), "--port", "9999", "--repo-dir", str(repo), "--install", *ENV_ARGS,
-          "--", *TRAIN_ARGS]
+  argv = ["ssh", "--hosts", ",".join(hosts), "--port", "9999", "--repo-dir", str(repo), "--install", "--job", job,
+          *ENV_ARGS, "--", *TRAIN_ARGS]
   recorded = _run_launcher(gpu_cluster.main, argv)
   capsys.readouterr()
   assert [shlex.split(line) for line in _dry_run_lines(gpu_cluster.main, argv, capsys)] == list(map(list, recorded))
@@ -225,9 +228,9 @@ def test_ssh_starts_process_i_on_host_i(tmp_path, capsys):
   for process_id, (_, _, remote) in enumerate(starts):
     subprocess.run(["bash", "-c", remote], check=True, timeout=20)  # what host `process_id` runs
     record = _wait_for(out / f"{process_id}.json")
-    assert record == {"argv": ["train", *TRAIN_ARGS], "env": {**ENV, "JAX_COORDINATOR_ADDRESS": "gpu1:9999",
-                                                  "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": str(process_id)}}
-  assert (repo / "train.log").exists()
+    assert record == {"argv": [job, *TRAIN_ARGS], "env": {**ENV, "JAX_COORDINATOR_ADDRESS": "gpu1:9999",
+                                                "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": str(process_id)}}
+  assert (repo / f"{job}.log").exists()
 
 
 def test_gpu_launcher_needs_train_arguments():
