@@ -87,6 +87,10 @@ from pulse_jax.judge import JudgeClient, JudgeConfig
 from pulse_jax.models.config import PulseConfig
 from pulse_jax.models.llava import PulseModel, feature_layout, num_image_tokens
 
+# Multi-host: the other processes wait at exit while process 0 scores and reports alone (the judge can take long);
+# JAX's default wait of 300 s would then abort them all, process 0 included, before the report is written.
+REPORT_WAIT_SECONDS = 24 * 3600
+
 # -------------------------------------------------------------------------------------------------------------
 # Weights and tokenizer.
 
@@ -447,7 +451,8 @@ class Generator:
 
 def on_process_zero(action: Callable[[], object]) -> None:
   """Runs `action` (it touches the output folder, which only process 0 does) on process 0; the other processes
-  wait for its outcome, so that a failure there stops them all instead of leaving them in a collective."""
+  wait for its outcome, so that a failure there (a refused folder, a damaged predictions file, a full disk) stops
+  them all instead of leaving them in the next collective."""
   failure = None
   if jax.process_index() == 0:
     try:
@@ -456,7 +461,7 @@ def on_process_zero(action: Callable[[], object]) -> None:
       failure = e
   if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(np.int32(failure is not None))):
     if failure is None:
-      raise ConfigError("process 0 could not prepare the evaluation's output folder; its log says why")
+      raise ConfigError("process 0 failed on the evaluation's output folder; its log says why")
   if failure is not None:
     raise failure
 
@@ -477,7 +482,12 @@ def generate_set(name: str, items: Sequence[BenchItem], generator: Generator, pa
   Multi-host: every process takes part in generation; process 0 alone reads and appends to `path`.
   """
   is_main = jax.process_index() == 0
-  done = read_predictions(path) if is_main else {}
+  done = {}
+
+  def read_done():
+    nonlocal done
+    done = read_predictions(path)
+  on_process_zero(read_done)  # a damaged file stops every process, not only the one reading it
   done = positions_from_process_zero([item.index for item in items if item.question_id in done])
   todo = sorted((item for item in items if item.index not in done), key=generator.sort_length)
   multi_turn = metrics.BENCH_SETS[name].kind == "arena"
@@ -489,10 +499,9 @@ def generate_set(name: str, items: Sequence[BenchItem], generator: Generator, pa
     for first in range(0, len(todo), batch_size):
       batch = todo[first:first + batch_size]
       answers = generator.answer(batch, skipped)
-      if is_main:
-        append_predictions(path, [prediction_record(item, texts, multi_turn=multi_turn,
-                                                    model_id=generator.loaded.model_id)
-                                  for item, texts in zip(batch, answers) if texts is not None])
+      on_process_zero(lambda: append_predictions(path, [
+          prediction_record(item, texts, multi_turn=multi_turn, model_id=generator.loaded.model_id)
+          for item, texts in zip(batch, answers) if texts is not None]))
       bar.update(len(batch))
       elapsed = time.perf_counter() - start_time
       bar.set_postfix(tok_s=f"{(generator.new_tokens - start_tokens) / elapsed:,.1f}")
@@ -708,7 +717,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
     raise ConfigError(f"eval --workdir {workdir}: predictions are appended as they are made, which object stores "
                       "cannot do; use a local folder (or a mounted bucket); --checkpoint may be on gs://")
   workdir = pathlib.Path(workdir)
-  parallel.initialize_distributed()
+  parallel.initialize_distributed(shutdown_timeout_seconds=REPORT_WAIT_SECONDS)
   is_main = jax.process_index() == 0
   data, section = config.data, config.eval
   available = built_sets(data)

@@ -121,24 +121,29 @@ def _on_cloud_tpu_vm() -> bool:
   return bool(chips) and importlib.util.find_spec("libtpu") is not None
 
 
-def initialize_distributed(environ: Mapping[str, str] = os.environ) -> None:
+def initialize_distributed(environ: Mapping[str, str] = os.environ, *,
+                           shutdown_timeout_seconds: int | None = None) -> None:
   """Joins this process to its multi-host group (once); a no-op for a single process. Call before touching
   devices.
 
   With JAX_COORDINATOR_ADDRESS set, the group is JAX_NUM_PROCESSES processes and this one is JAX_PROCESS_ID;
   on a Cloud TPU VM or in a multi-task SLURM job JAX reads the group from the platform.
+
+  shutdown_timeout_seconds: how long a process that is done waits at exit for the others (JAX's default, 300 s,
+  when None) before all abort; a job whose process 0 works on alone at the end (evaluation's scoring) needs more.
   """
   if jax.distributed.is_initialized():
     return
+  timeout = {} if shutdown_timeout_seconds is None else {"shutdown_timeout_seconds": shutdown_timeout_seconds}
   if environ.get(COORDINATOR_ENV):
     missing = [name for name in (NUM_PROCESSES_ENV, PROCESS_ID_ENV) if not environ.get(name)]
     if missing:
       raise ConfigError(f"{COORDINATOR_ENV} is set but {', '.join(missing)} is not")
     jax.distributed.initialize(coordinator_address=environ[COORDINATOR_ENV],
                                num_processes=int(environ[NUM_PROCESSES_ENV]),
-                               process_id=int(environ[PROCESS_ID_ENV]))
+                               process_id=int(environ[PROCESS_ID_ENV]), **timeout)
   elif _on_cloud_tpu_vm() or int(environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeout)
 
 
 def create_model(config: PulseConfig, mesh: Mesh, *, seed: int = 0, rules=RULES) -> PulseModel:

@@ -256,9 +256,9 @@ def test_two_processes_evaluate_as_one(setup, synthetic_run, tmp_path):
   (out_dir / "run.json").write_text((full_dir / "run.json").read_text())
   kept = "".join((full_dir / "cpsc-test.jsonl").read_text().splitlines(keepends=True)[:5])
   (out_dir / "cpsc-test.jsonl").write_text(kept)
-  outputs = run_processes("eval", ["--config", TINY_CONFIG, "--workdir", str(tmp_path / "run"), "--checkpoint",
-                                   str(step_dir), *(f"--bench={name}" for name in sets), *_eval_overrides(config)],
-                          tmp_path / "logs", cache=tmp_path / "cache")
+  args = ["--config", TINY_CONFIG, "--workdir", str(tmp_path / "run"), "--checkpoint", str(step_dir),
+          *(f"--bench={name}" for name in sets), *_eval_overrides(config)]
+  outputs = run_processes("eval", args, tmp_path / "logs", cache=tmp_path / "cache")
   assert "wrote " in outputs[0] and "wrote " not in outputs[1]
   for name in sets:
     records = _records(out_dir / f"{name}.jsonl")
@@ -266,6 +266,11 @@ def test_two_processes_evaluate_as_one(setup, synthetic_run, tmp_path):
     assert {r["question_id"]: r for r in records} == {r["question_id"]: r for r in _records(full_dir / f"{name}.jsonl")}
   assert (out_dir / "cpsc-test.jsonl").read_text().startswith(kept)
   assert "cpsc-test" in (out_dir / "report.md").read_text()
+
+  # Other generation settings into the same folder: process 0 refuses it, and the other process stops too.
+  refused = run_processes("eval", [*args, "--config.eval.max_new_tokens=4"], tmp_path / "refused",
+                          cache=tmp_path / "cache", status=1)
+  assert "max_new_tokens" in refused[0] and "process 0 failed on the evaluation's output folder" in refused[1]
 
 
 def test_sampled_answers_survive_a_resume(setup, synthetic_run, tmp_path, monkeypatch):

@@ -284,6 +284,31 @@ def test_causal_block_skipping_is_exact(length):
                              np.asarray(attention(q, k, v, mask)), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("length, kv_heads", [(130, 2), (256, 4)])
+def test_splash_kernel_equals_causal_attention(length, kv_heads):
+  """The splash kernel (Pallas' interpreter on CPU) on left- and right-padded rows, grouped-query heads and a
+  length padded to its 128-token blocks: what common.causal_attention gives for every real token."""
+  from pulse_jax.models.common import causal_attention
+  from pulse_jax.models.splash import splash_causal_attention
+  rng = np.random.default_rng(11)
+  q = jnp.asarray(rng.normal(size=(3, length, 4, 16)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(3, length, kv_heads, 16)), jnp.float32) for _ in range(2))
+  valid = np.ones((3, length), bool)
+  valid[1, length - 40:] = False  # right padding (training batches)
+  valid[2, :50] = False  # left padding (prompts)
+  got, want = (np.asarray(f(q, k, v, jnp.asarray(valid))) for f in (splash_causal_attention, causal_attention))
+  np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=0)
+
+
+def test_splash_attention_is_refused_on_gpus(monkeypatch):
+  from pulse_jax.errors import ConfigError
+  from pulse_jax.models.splash import splash_causal_attention
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  x = jnp.zeros((1, 8, 2, 16))
+  with pytest.raises(ConfigError, match="'splash' is a TPU kernel; on gpu use 'auto' or 'xla'"):
+    splash_causal_attention(x, x, x, jnp.ones((1, 8), bool))
+
+
 def test_random_init_follows_transformers():
   """A model built from a config starts as transformers would build it: the tower with CLIPVisionModel's
   width- and depth-scaled scheme, the LM with LlamaForCausalLM's initializer_range, the projector with LLaVA-NeXT's

@@ -271,6 +271,8 @@ def test_multi_host_groups_come_from_the_environment(monkeypatch):
   monkeypatch.setattr(parallel, "_on_cloud_tpu_vm", lambda: True)
   parallel.initialize_distributed({})
   assert calls[1:] == [{}, {}]
+  parallel.initialize_distributed({}, shutdown_timeout_seconds=60)
+  assert calls[3] == {"shutdown_timeout_seconds": 60}
   with pytest.raises(ConfigError, match="JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES, JAX_PROCESS_ID"):
     parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
 

@@ -116,12 +116,14 @@ def finish_pulse_jax(process: subprocess.Popen, log: pathlib.Path, status: int =
   return output
 
 
-def run_processes(command: str, args: list[str], logs: pathlib.Path, *, cache: pathlib.Path,
-                  count: int = 2) -> list[str]:
-  """`pulse-jax COMMAND ARGS` as `count` processes of 2 CPU devices each; their outputs (logs/<rank>.log).
+def run_processes(command: str, args: list[str], logs: pathlib.Path, *, cache: pathlib.Path, count: int = 2,
+                  status: int = 0) -> list[str]:
+  """`pulse-jax COMMAND ARGS` as `count` processes of 2 CPU devices each, every one expected to exit with
+  `status`; their outputs (logs/<rank>.log).
 
-  All share one deadline. As soon as one fails (the others would then wait in a collective until its heartbeat
-  times out) or the deadline passes, every process still running is killed and the test fails with every log.
+  All share one deadline. As soon as one exits otherwise (the others would then wait in a collective until its
+  heartbeat times out) or the deadline passes, every process still running is killed and the test fails with
+  every log.
   """
   logs.mkdir(parents=True, exist_ok=True)
   port, paths = free_port(), [logs / f"{rank}.log" for rank in range(count)]
@@ -130,7 +132,7 @@ def run_processes(command: str, args: list[str], logs: pathlib.Path, *, cache: p
   deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
   try:
     while any(p.poll() is None for p in processes):
-      if any(p.returncode not in (None, 0) for p in processes) or time.monotonic() > deadline:
+      if any(p.returncode not in (None, status) for p in processes) or time.monotonic() > deadline:
         break
       time.sleep(0.1)
   finally:
@@ -139,7 +141,7 @@ def run_processes(command: str, args: list[str], logs: pathlib.Path, *, cache: p
         process.kill()
         process.wait()
   outputs = [path.read_text() for path in paths]
-  assert all(p.returncode == 0 for p in processes), "\n".join(
+  assert all(p.returncode == status for p in processes), "\n".join(
       f"--- process {rank} (status {p.returncode}):\n{output[-2000:]}"
       for rank, (p, output) in enumerate(zip(processes, outputs)))
   return outputs

@@ -105,9 +105,9 @@ class PulseConfig:
     image_token_id: the placeholder id; the prompt holds one placeholder per image feature token.
     param_dtype / dtype: storage dtype of parameters and compute dtype of activations.
     remat: rematerialisation policy for the decoder layers in training.
-    attention: the decoder's full-sequence attention (training and held-out loss; decoding with a KV cache always
-      takes the XLA path): "splash" is the TPU flash-attention kernel (pulse_jax.models.splash), "xla" the plain
-      XLA computation, "auto" splash when the mesh in context is made of TPUs and XLA otherwise.
+    attention: the decoder's full-sequence attention (training, held-out loss, a prompt's prefill; a decode step
+      reads its KV cache through XLA): "splash" is the TPU flash-attention kernel (pulse_jax.models.splash), "xla"
+      the plain XLA computation, "auto" splash when the mesh in context is made of TPUs and XLA otherwise.
   """
   vision: VisionConfig = VisionConfig()
   text: TextConfig = TextConfig()

@@ -1,4 +1,5 @@
-"""Causal self-attention through the TPU splash-attention kernel (jax.experimental.pallas), for training.
+"""Causal self-attention through the TPU splash-attention kernel (jax.experimental.pallas): training, held-out
+loss and the prefill of a prompt.
 
 Why: the XLA path (common.causal_attention) materialises every head's float32 score matrix. At PULSE-7B's length
 (4096 tokens, 32 heads) that is ~2 GiB per example and layer, stored for the backward pass or recomputed under
@@ -7,9 +8,10 @@ it streams key blocks through on-chip memory with an online softmax, skips the b
 keeps only the output and a log-sum-exp per query for its backward pass.
 
 `model.attention` picks the implementation (PulseConfig.attention): "auto" runs this kernel when the mesh in
-context is made of TPUs and the XLA path otherwise; "splash" forces it (off TPU it runs in Pallas' interpreter:
-exact and slow, for tests); "xla" never uses it. Only full-sequence attention (training, held-out loss) takes
-it; decoding with a KV cache keeps the XLA path.
+context is made of TPUs and the XLA path otherwise; "splash" forces it (on a CPU it runs in Pallas' interpreter:
+exact and slow, for tests; GPUs are refused); "xla" never uses it. Full-sequence attention takes it: training,
+held-out loss, and a prompt's prefill under a mesh (pulse_jax.decode); a decode step reads its KV cache through
+XLA.
 
 The kernel works on one example's heads-first [N, T, H] arrays; it is vmapped over the batch and, under a mesh
 (jax.sharding.use_abstract_mesh; pulse_jax.train traces its step under its mesh), shard_mapped so that each device
@@ -24,8 +26,10 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
+from pulse_jax.errors import ConfigError
+
 BLOCK = 128  # the kernel's smallest block: sequences are padded to a multiple of it
-BATCH_AXES, HEAD_AXIS = ("data", "fsdp"), "tensor"
+BATCH_AXES, HEAD_AXIS = ("data", "fsdp"), "tensor"  # pulse_jax.parallel's mesh axes for rows and heads
 
 
 def resolve(implementation: str, platform: str | None) -> str:
@@ -102,8 +106,10 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax
   k, v = (heads_first(jnp.repeat(x, groups, axis=2) if groups > 1 else x) for x in (k, v))
   segments = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, padded - length)))
   mesh = jax.sharding.get_abstract_mesh()
-  on_tpu = (_context_platform() or jax.default_backend()) == "tpu"
-  local = functools.partial(_local_attention, interpret=not on_tpu)
+  platform = _context_platform() or jax.default_backend()
+  if platform not in ("tpu", "cpu"):
+    raise ConfigError(f"model.attention 'splash' is a TPU kernel; on {platform} use 'auto' or 'xla'")
+  local = functools.partial(_local_attention, interpret=platform != "tpu")
   if not mesh.empty:
     activations, tokens = _partition(mesh, num_heads)
     local = jax.shard_map(local, mesh=mesh, in_specs=(activations, activations, activations, tokens),
