@@ -277,36 +277,24 @@ def test_multi_host_groups_come_from_the_environment(monkeypatch):
     parallel.initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
 
 
-@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
-def test_rematerialisation_changes_memory_not_results(runs, small, remat):
-  """model.remat recomputes activations in the backward pass (configs/pulse_7b.py uses "full"): the same
-  losses, gradient norms and parameters as storing them (tiny's "none")."""
+@pytest.mark.parametrize("override, mesh", [
+    ("model.remat=full", MESHES[0]), ("model.remat=dots_saveable", MESHES[0]),
+    ("model.attention=splash", MESHES[0]), ("model.attention=splash", MESHES[3])], ids=str)
+def test_memory_settings_change_memory_not_results(runs, small, override, mesh):
+  """model.remat recomputes activations in the backward pass (configs/pulse_7b.py uses "full"); model.attention
+  "splash" is the TPU flash kernel (run here by Pallas' interpreter, shard_mapped over the batch and heads of the
+  (2, 2, 2) mesh). Both give the losses, gradient norms and parameters of tiny's settings on the same mesh."""
   config, batches = small
-  losses, initial, final, metrics = runs[(1, 1, 1)]
-  step_fns = small_train_step(small_config(f"model.remat={remat}"), (1, 1, 1))
-  mesh = step_fns.abstract_batch["input_ids"].sharding.mesh
+  shape, rules, accum = mesh
+  losses, initial, final, metrics = runs[shape]
+  step_fns = small_train_step(small_config(override), shape, rules, accum)
+  device_mesh = step_fns.abstract_batch["input_ids"].sharding.mesh
   state = jax.device_put(initial, step_fns.state_shardings)
   for batch, want in zip(batches, metrics):
-    state, got = step_fns.step(state, parallel.global_batch({k: batch[k] for k in train.STEP_INPUTS}, mesh))
+    state, got = step_fns.step(state, parallel.global_batch({k: batch[k] for k in train.STEP_INPUTS}, device_mesh))
     np.testing.assert_allclose([got["loss"], got["grad_norm"]], [want["loss"], want["grad_norm"]], rtol=1e-5)
   for name, value in _flat(jax.device_get(state)).items():
     np.testing.assert_allclose(value, _flat(final)[name], atol=5e-5, rtol=0, err_msg=name)  # as across meshes
-
-
-@pytest.mark.parametrize("shape, rules, accum", [MESHES[0], MESHES[3]], ids=lambda m: str(m))
-def test_splash_attention_changes_memory_not_results(runs, small, shape, rules, accum):
-  """model.attention="splash" (the TPU flash kernel, run here by Pallas' interpreter, shard_mapped over the batch
-  and heads of the (2, 2, 2) mesh) trains exactly as the XLA attention: losses, gradient norms and parameters."""
-  config, batches = small
-  losses, initial, final, metrics = runs[shape]
-  step_fns = small_train_step(small_config("model.attention=splash"), shape, rules, accum)
-  mesh = step_fns.abstract_batch["input_ids"].sharding.mesh
-  state = jax.device_put(initial, step_fns.state_shardings)
-  for batch, want in zip(batches, metrics):
-    state, got = step_fns.step(state, parallel.global_batch({k: batch[k] for k in train.STEP_INPUTS}, mesh))
-    np.testing.assert_allclose([got["loss"], got["grad_norm"]], [want["loss"], want["grad_norm"]], rtol=1e-5)
-  for name, value in _flat(jax.device_get(state)).items():
-    np.testing.assert_allclose(value, _flat(final)[name], atol=5e-5, rtol=0, err_msg=name)
 
 
 def test_the_model_learns_an_answer_only_the_image_gives():
