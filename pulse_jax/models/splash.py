@@ -95,7 +95,7 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax
   Returns:
     [B, T, N, H] in q's dtype; scores are scaled by 1/sqrt(H) and the softmax runs in float32 inside the kernel.
   """
-  batch, length, num_heads, head_dim = q.shape
+  _, length, num_heads, head_dim = q.shape
   groups = num_heads // k.shape[2]
   padded = -(-length // BLOCK) * BLOCK
 
@@ -112,6 +112,7 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax
   local = functools.partial(_local_attention, interpret=platform != "tpu")
   if not mesh.empty:
     activations, tokens = _partition(mesh, num_heads)
+    # check_vma=False: the Pallas call inside types its outputs without the mesh axes they vary over.
     local = jax.shard_map(local, mesh=mesh, in_specs=(activations, activations, activations, tokens),
                           out_specs=activations, check_vma=False)
   out = local(q, k, v, segments)
