@@ -482,13 +482,13 @@ def generate_set(name: str, items: Sequence[BenchItem], generator: Generator, pa
   Multi-host: every process takes part in generation; process 0 alone reads and appends to `path`.
   """
   is_main = jax.process_index() == 0
-  done = {}
+  answered = {}
 
-  def read_done():
-    nonlocal done
-    done = read_predictions(path)
-  on_process_zero(read_done)  # a damaged file stops every process, not only the one reading it
-  done = positions_from_process_zero([item.index for item in items if item.question_id in done])
+  def read_answered():
+    nonlocal answered
+    answered = read_predictions(path)
+  on_process_zero(read_answered)  # a damaged file stops every process, not only the one reading it
+  done = positions_from_process_zero([item.index for item in items if item.question_id in answered])
   todo = sorted((item for item in items if item.index not in done), key=generator.sort_length)
   multi_turn = metrics.BENCH_SETS[name].kind == "arena"
   skipped = SkipCounter()
