@@ -7,8 +7,11 @@ image_newline and 576 features per 336 px view); the training recipe §5.3-5.4.
 
 Mesh presets (the argument): `fsdp` (default) shards parameters and optimizer state over every chip of a slice
 (ZeRO-3; the batch of 128 splits over the same axis); `fsdp_tensor` adds 4-way tensor parallelism (heads, MLP,
-vocabulary) inside each group of 4 chips, for meshes with more chips than batch rows. Several slices: add
-`--config.mesh.dcn=(N,1,1)` for data parallelism across N slices over DCN.
+vocabulary) inside each group of 4 chips, for meshes with more chips than batch rows; `serve`, for `pulse-jax
+eval` on a slice, keeps the weights whole in each group of 4 chips, split 4 ways (tensor parallelism), and the
+groups answer different rows: a decode step then moves activations only, where under FSDP every step
+all-gathers every layer's weights. Several slices: add `--config.mesh.dcn=(N,1,1)` for data parallelism across
+N slices over DCN.
 """
 
 import ml_collections
@@ -49,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       global_batch=128, grad_accum_steps=1, epochs=3, steps=0, learning_rate=2e-5, warmup_ratio=0.03,
       weight_decay=0.0, grad_clip=1.0, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, frozen=r"^vision_tower/",
       seed=0, log_every=10, eval_every=0, eval_batches=4, log_data_order=False))
-  presets = {"fsdp": dict(ici=(1, -1, 1), rules="fsdp"), "fsdp_tensor": dict(ici=(1, -1, 4), rules="fsdp_tensor")}
+  presets = {"fsdp": dict(ici=(1, -1, 1), rules="fsdp"), "fsdp_tensor": dict(ici=(1, -1, 4), rules="fsdp_tensor"),
+             "serve": dict(ici=(-1, 1, 4), rules="fsdp_tensor")}
   if (arg or "fsdp") not in presets:
     raise ConfigError(f"configs/pulse_7b.py:{arg}: unknown mesh preset; known: {sorted(presets)}")
   config.mesh = ml_collections.ConfigDict(dict(dcn=(1, 1, 1), **presets[arg or "fsdp"]))

@@ -2,18 +2,24 @@
 tiny config's train step for a small TPU slice through libtpu (the test extra installs it on x86-64 Linux, where
 these tests must run; elsewhere, where no libtpu wheel exists, they are skipped)."""
 
+import math
 import pathlib
 import platform
+import re
 import sys
 
 import jax
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
-from pulse_jax import cli, flops, parallel, plan
+from pulse_jax import cli, decode, flops, parallel, plan
 from pulse_jax.config import apply_overrides, load_config, model_config
 from pulse_jax.errors import ConfigError
+from pulse_jax.models.llava import PulseModel, max_image_tokens
 
 TINY = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
+PULSE_7B = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "pulse_7b.py")
 
 
 def _need_libtpu() -> None:
@@ -135,3 +141,38 @@ def test_cli_reports_a_step_too_large_for_hbm(capsys):
   assert status == 1
   assert "refused by XLA (too large for HBM)" in report and "does NOT fit in 16 GiB HBM: RESOURCE_EXHAUSTED" in report
   assert "one step" in report  # the time estimate does not need the compiled program
+
+
+def _largest_all_gather(config, topology: str) -> int:
+  """Elements of the largest array that `pulse-jax eval`'s generation (decode._generate_batch: prefill and the
+  decode loop, 16 rows of 256-token prompts) all-gathers, compiled for a TPU slice under the config's mesh."""
+  model = model_config(config.model)
+  devices = plan.tpu_devices(*plan.resolve_topology(topology), num_slices=1)
+  mesh = parallel.make_mesh(config.mesh.ici, devices=devices)
+  with nnx.use_eager_sharding(False):
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: PulseModel(model, rngs=nnx.Rngs(0))))
+  shardings = parallel.state_shardings(state, mesh, parallel.logical_rules(config.mesh.rules))
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                                               nnx.to_pure_dict(state), shardings))
+  rows = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=parallel.batch_sharding(mesh, len(shape)))
+  tile, batch, length = model.vision.image_size, 16, 256
+  inputs = (rows((batch, length), jnp.int32), rows((batch, length), jnp.bool_),
+            rows((batch, model.max_views, 3, tile, tile), jnp.float32),
+            rows((batch, max_image_tokens(model)), jnp.int32), rows((batch,), jnp.bool_))
+  sampling = decode._sampling(model, 8, eos_id=2, pad_id=0, temperature=0.0, top_p=1.0)
+  program = decode._generate_batch.lower(graphdef, state, *inputs, jax.random.key(0), sampling=sampling,
+                                         mesh=mesh).compile().as_text()
+  gathered = re.findall(r"= \(?\w+\[([\d,]+)\]\S* (?:\S+ )?all-gather", program)
+  return max(math.prod(int(n) for n in shape.split(",")) for shape in gathered)
+
+
+@pytest.mark.parametrize("preset, moves_weights", [("fsdp", True), ("serve", False)])
+def test_the_serving_mesh_moves_no_weights_while_decoding(preset, moves_weights):
+  """PULSE-7B (one decoder layer) generating on v5p-8: under the training preset (FSDP) the program all-gathers
+  weights, up to the 4096 x 32064 lm_head, for the prefill and at every decode step; under configs/pulse_7b.py:serve
+  (weights whole in each group of 4 chips, split over them) only activation-sized arrays move."""
+  _need_libtpu()
+  config = apply_overrides(load_config(f"{PULSE_7B}:{preset}"), ["model.text.num_layers=1",
+                                                                  "model.vision.feature_layer=0"])
+  largest = _largest_all_gather(config, "v5p-8")
+  assert (largest >= 4096 * 32064) if moves_weights else (largest < 16 * 4096), largest
