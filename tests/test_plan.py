@@ -1,6 +1,7 @@
-"""`pulse-jax plan`: topology names, the scanned-layer FLOPs correction, and an ahead-of-time compile of the
-tiny config's train step for a small TPU slice through libtpu (the test extra installs it on x86-64 Linux, where
-these tests must run; elsewhere, where no libtpu wheel exists, they are skipped)."""
+"""`pulse-jax plan`: topology names, the scanned-layer FLOPs correction, and ahead-of-time compiles for a small
+TPU slice: the tiny config's train step, and PULSE-7B's generation program under the training and the serving
+mesh. They go through libtpu, which the test extra installs on x86-64 Linux, where these tests must run;
+elsewhere, where no libtpu wheel exists, they are skipped."""
 
 import math
 import pathlib
