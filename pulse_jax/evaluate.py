@@ -449,14 +449,14 @@ class Generator:
     return [tokenizer.decode(tokens[row, :lengths[row]]).strip() for row in range(real)]
 
 
-def on_process_zero(action: Callable[[], object]) -> None:
-  """Runs `action` (it touches the output folder, which only process 0 does) on process 0; the other processes
-  wait for its outcome, so that a failure there (a refused folder, a damaged predictions file, a full disk) stops
-  them all instead of leaving them in the next collective."""
-  failure = None
+def on_process_zero(action: Callable[[], Any]) -> Any:
+  """Runs `action` (it touches the output folder, which only process 0 does) on process 0 and returns its result
+  there (None on the others). The other processes wait for its outcome, so that a failure there (a refused folder,
+  a damaged predictions file, a full disk) stops them all instead of leaving them in the next collective."""
+  result = failure = None
   if jax.process_index() == 0:
     try:
-      action()
+      result = action()
     except Exception as e:  # pylint: disable=broad-except  re-raised below, once the others know
       failure = e
   if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(np.int32(failure is not None))):
@@ -464,6 +464,7 @@ def on_process_zero(action: Callable[[], object]) -> None:
       raise ConfigError("process 0 failed on the evaluation's output folder; its log says why")
   if failure is not None:
     raise failure
+  return result
 
 
 def positions_from_process_zero(positions: Sequence[int]) -> set[int]:
@@ -482,12 +483,8 @@ def generate_set(name: str, items: Sequence[BenchItem], generator: Generator, pa
   Multi-host: every process takes part in generation; process 0 alone reads and appends to `path`.
   """
   is_main = jax.process_index() == 0
-  answered = {}
-
-  def read_answered():
-    nonlocal answered
-    answered = read_predictions(path)
-  on_process_zero(read_answered)  # a damaged file stops every process, not only the one reading it
+  # A damaged file stops every process, not only the one reading it.
+  answered = on_process_zero(lambda: read_predictions(path)) or {}
   done = positions_from_process_zero([item.index for item in items if item.question_id in answered])
   todo = sorted((item for item in items if item.index not in done), key=generator.sort_length)
   multi_turn = metrics.BENCH_SETS[name].kind == "arena"
@@ -732,14 +729,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, 
               "tokenizer": str(pathlib.Path(loaded.tokenizer.path).resolve()),
               "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
               "top_p": settings.top_p, "seed": settings.seed}
-  judge = None
 
-  def prepare_output_folder():  # process 0's: it alone reads and writes the folder
-    nonlocal judge
+  def prepare_output_folder() -> JudgeClient | None:  # process 0's: it alone reads and writes the folder
     out_dir.mkdir(parents=True, exist_ok=True)
     claim_output_folder(out_dir, identity)
-    judge = make_judge(section.judge, out_dir / "judge_cache.jsonl")
-  on_process_zero(prepare_output_folder)
+    return make_judge(section.judge, out_dir / "judge_cache.jsonl")
+  judge = on_process_zero(prepare_output_folder)
   generator = Generator(loaded, settings, mesh)
 
   skips = {}

@@ -11,8 +11,8 @@ its decoder layers and its vision layers (one loop each; that is also what keeps
 the step is compiled twice more, once without decoder layers and once running no vision layer: each difference
 from the full program is one loop body as XLA counts it, which then counts as many times as the loop runs. Two
 things stay uncounted, so on a large mesh XLA's figure is a lower bound: loops XLA adds itself (PULSE-7B's step
-on v5p-64 holds 28 while loops against 3 on v5p-8, from collective matmuls over the 32-way FSDP axis), and the
-splash attention kernel, a Mosaic custom call (pulse_jax.models.splash).
+on v5p-64 held 28 while loops against 3 on v5p-8 in a one-off count, from collective matmuls over the 32-way FSDP
+axis), and the splash attention kernel, a Mosaic custom call (pulse_jax.models.splash).
 
 The time estimate divides the model FLOPs of a step (pulse_jax.flops, the convention `pulse-jax train` reports
 MFU in) by the slice's peak at an assumed MFU. Every batch is padded to `data.seq_len` tokens, so that is the
