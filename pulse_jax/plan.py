@@ -32,7 +32,7 @@ from flax import nnx
 from pulse_jax import flops, parallel, train
 from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config
 from pulse_jax.errors import ConfigError
-from pulse_jax.models import splash
+from pulse_jax.models import kernels
 from pulse_jax.models.llava import PulseModel
 
 ECGINSTRUCT_EXAMPLES = 1_156_110
@@ -184,7 +184,7 @@ class Plan:
   model_flops: pulse_jax.flops.train_step_flops, the MFU convention.
   epochs: of `examples` examples; None when the config fixes train.steps instead.
   attention: the decoder's attention in this program, "splash" (the Pallas kernel, whose FLOPs XLA's cost
-    analysis does not see) or "xla" (pulse_jax.models.splash.resolve).
+    analysis does not see) or "xla" (pulse_jax.models.kernels.resolve).
   """
   topology: str
   chips: int
@@ -277,7 +277,8 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, *, examples: int
       trained_params=trained_parameters(config), global_batch=t.global_batch, seq_len=config.data.seq_len,
       examples=examples, epochs=None if t.steps else t.epochs, total_steps=total_steps, mfu=mfu, peak_flops=peak,
       compile_seconds=time.perf_counter() - start,
-      attention=splash.resolve(model_config(config.model).attention, devices[0].platform))
+      attention=kernels.resolve(model_config(config.model).attention, devices[0].platform,
+                                model_config(config.model).dtype))
 
 
 def format_plan(plan: Plan, title: str) -> str:

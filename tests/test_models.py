@@ -11,7 +11,7 @@ from flax import nnx  # noqa: E402
 
 from pulse_jax import parallel  # noqa: E402
 from pulse_jax.convert import hf  # noqa: E402
-from pulse_jax.models import KVCache, feature_layout, num_image_tokens  # noqa: E402
+from pulse_jax.models import KVCache, PulseConfig, feature_layout, num_image_tokens  # noqa: E402
 from tests.hf_oracle import IMAGE_TOKEN, SPECS, tiny_llava_next, to_numpy  # noqa: E402
 
 ATOL = 1e-4
@@ -307,6 +307,43 @@ def test_splash_attention_is_refused_on_gpus(monkeypatch):
   x = jnp.zeros((1, 8, 2, 16))
   with pytest.raises(ConfigError, match="'splash' is a TPU kernel; on gpu use 'auto' or 'xla'"):
     splash_causal_attention(x, x, x, jnp.ones((1, 8), bool))
+
+
+@pytest.mark.parametrize("length", [129, 256])
+def test_cudnn_masks_equal_causal_attention(length):
+  """What cudnn_causal_attention hands cuDNN's kernel (causal mask type plus a padding mask, an odd length padded
+  by one), run here through jax.nn.dot_product_attention's XLA path: common.causal_attention for every real token
+  of left- and right-padded rows with grouped-query heads. tests/test_gpu.py runs the kernel itself."""
+  from pulse_jax.models.common import causal_attention
+  from pulse_jax.models.cudnn import cudnn_causal_attention
+  rng = np.random.default_rng(12)
+  q = jnp.asarray(rng.normal(size=(3, length, 4, 16)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(3, length, 2, 16)), jnp.float32) for _ in range(2))
+  valid = np.ones((3, length), bool)
+  valid[1, length - 40:] = False  # right padding (training batches)
+  valid[2, :50] = False  # left padding (prompts)
+  got = np.asarray(cudnn_causal_attention(q, k, v, jnp.asarray(valid), implementation="xla"))
+  want = np.asarray(causal_attention(q, k, v, jnp.asarray(valid)))
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got[valid], want[valid], atol=1e-5, rtol=0)
+
+
+def test_cudnn_attention_is_refused_off_gpus_and_in_float32():
+  from pulse_jax.errors import ConfigError
+  from pulse_jax.models.cudnn import cudnn_causal_attention
+  x = jnp.zeros((1, 8, 2, 16), jnp.bfloat16)
+  with pytest.raises(ConfigError, match="'cudnn' is an NVIDIA GPU kernel; on cpu use 'auto' or 'xla'"):
+    cudnn_causal_attention(x, x, x, jnp.ones((1, 8), bool))
+  with pytest.raises(ConfigError, match="'cudnn' needs bfloat16 or float16 compute"):
+    PulseConfig(attention="cudnn", dtype="float32")
+
+
+def test_auto_attention_takes_the_platforms_kernel():
+  from pulse_jax.models.kernels import resolve
+  assert [resolve("auto", platform, "bfloat16") for platform in ("tpu", "gpu", "cpu", None)] == [
+      "splash", "cudnn", "xla", "xla"]
+  assert resolve("auto", "gpu", "float32") == "xla"  # cuDNN's kernel takes no float32
+  assert resolve("xla", "tpu", "bfloat16") == "xla" and resolve("splash", "gpu", "float32") == "splash"
 
 
 def test_random_init_follows_transformers():

@@ -39,6 +39,14 @@ def sharding_context():
   return contextlib.nullcontext()
 
 
+def mesh_platform() -> str | None:
+  """The platform ("tpu", "gpu", "cpu") of the mesh in context (jax.sharding.use_abstract_mesh / set_mesh), None
+  without one. Not the default backend: an ahead-of-time compile for a TPU topology on a CPU host (pulse-jax
+  plan) must pick the TPU's kernels."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty or mesh.abstract_device is None else mesh.abstract_device.platform
+
+
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
           param_dtype, dtype, rngs: nnx.Rngs, std: float) -> nnx.Linear:
   """nnx.Linear whose kernel [in, out] carries logical `axes` (the bias takes the output axis); the kernel starts

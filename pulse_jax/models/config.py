@@ -15,7 +15,7 @@ from pulse_jax.errors import ConfigError
 
 MergeMode = Literal["flat", "spatial_unpad"]
 RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
-AttentionImpl = Literal["auto", "xla", "splash"]
+AttentionImpl = Literal["auto", "xla", "splash", "cudnn"]
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -106,8 +106,10 @@ class PulseConfig:
     param_dtype / dtype: storage dtype of parameters and compute dtype of activations.
     remat: rematerialisation policy for the decoder layers in training.
     attention: the decoder's full-sequence attention (training, held-out loss, a prompt's prefill; a decode step
-      reads its KV cache through XLA): "splash" is the TPU flash-attention kernel (pulse_jax.models.splash), "xla"
-      the plain XLA computation, "auto" splash when the mesh in context is made of TPUs and XLA otherwise.
+      reads its KV cache through XLA): "splash" is the TPU flash-attention kernel (pulse_jax.models.splash),
+      "cudnn" cuDNN's on NVIDIA GPUs (pulse_jax.models.cudnn; bfloat16 / float16 compute only), "xla" the plain
+      XLA computation, "auto" the kernel of the mesh's platform where it applies and XLA otherwise
+      (pulse_jax.models.kernels).
   """
   vision: VisionConfig = VisionConfig()
   text: TextConfig = TextConfig()
@@ -127,8 +129,11 @@ class PulseConfig:
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ConfigError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
-    if self.attention not in ("auto", "xla", "splash"):
-      raise ConfigError(f"attention must be 'auto', 'xla' or 'splash', got {self.attention!r}")
+    if self.attention not in ("auto", "xla", "splash", "cudnn"):
+      raise ConfigError(f"attention must be 'auto', 'xla', 'splash' or 'cudnn', got {self.attention!r}")
+    if self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+      raise ConfigError(f"attention 'cudnn' needs bfloat16 or float16 compute (cuDNN's kernel takes no float32), "
+                        f"got dtype {self.dtype!r}; use 'auto' or 'xla'")
     if self.merge_mode not in ("flat", "spatial_unpad"):
       raise ConfigError(f"merge_mode must be 'flat' or 'spatial_unpad', got {self.merge_mode!r}")
     # Accept lists (config files, JSON) but store tuples so that the config stays hashable.

@@ -7,7 +7,8 @@ the depth, which keeps a 32-layer 7B compile short.
 
 Attention masks are built here from per-token validity, so callers only say which tokens are real:
   * no cache: query t sees key s iff s <= t and key s is valid (causal + padding), through the XLA path
-    (common.causal_attention) or the TPU splash kernel (pulse_jax.models.splash), as `PulseConfig.attention` says;
+    (common.causal_attention), the TPU splash kernel or cuDNN's kernel on GPU, as `PulseConfig.attention` says
+    (pulse_jax.models.kernels);
   * with a KVCache: the new tokens are written at slots [end, end + T) and query t sees every valid slot up to
     its own. Left-padded prompts therefore decode correctly, with RoPE positions that skip the padding.
 """
@@ -17,10 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pulse_jax.models.common import (RMSNorm, activation, attention, causal_attention, dense, maybe_remat,
-                                     sharding_context)
+from pulse_jax.models.common import RMSNorm, activation, attention, dense, maybe_remat, sharding_context
 from pulse_jax.models.config import PulseConfig, TextConfig
-from pulse_jax.models.splash import splash_causal_attention, uses_splash
+from pulse_jax.models.kernels import causal_attention_for
 
 
 @flax.struct.dataclass
@@ -72,7 +72,7 @@ class Attention(nnx.Module):
               std=t.initializer_range)
     self.num_heads, self.num_kv_heads, self.head_dim, self.rope_theta = (
         t.num_heads, t.num_kv_heads, t.head_dim, t.rope_theta)
-    self.implementation = config.attention
+    self.implementation, self.dtype = config.attention, config.dtype
     self.q_proj = dense(t.hidden_size, t.num_heads * t.head_dim, ("embed", "heads"), **kw)
     self.k_proj = dense(t.hidden_size, t.num_kv_heads * t.head_dim, ("embed", "kv_heads"), **kw)
     self.v_proj = dense(t.hidden_size, t.num_kv_heads * t.head_dim, ("embed", "kv_heads"), **kw)
@@ -95,8 +95,7 @@ class Attention(nnx.Module):
       kv = tuple(jax.lax.dynamic_update_slice(cached, new.transpose(0, 2, 1, 3)[None].astype(cached.dtype),
                                               (layer, zero, zero, end, zero)) for cached, new in zip(kv, (k, v)))
     if kv is None or prefill:
-      attend = splash_causal_attention if uses_splash(self.implementation) else causal_attention
-      out = attend(q, k, v, mask)
+      out = causal_attention_for(self.implementation, self.dtype)(q, k, v, mask)
     else:
       k, v = (jax.lax.dynamic_index_in_dim(cached, layer, keepdims=False).astype(q.dtype) for cached in kv)
       out = attention(q, k, v, mask, kv_heads_first=True)

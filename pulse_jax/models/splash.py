@@ -7,11 +7,10 @@ remat, and it dominates the step's temporaries (`pulse-jax plan`). Splash attent
 it streams key blocks through on-chip memory with an online softmax, skips the blocks above the diagonal, and
 keeps only the output and a log-sum-exp per query for its backward pass.
 
-`model.attention` picks the implementation (PulseConfig.attention): "auto" runs this kernel when the mesh in
-context is made of TPUs and the XLA path otherwise; "splash" forces it (on a CPU it runs in Pallas' interpreter:
-exact and slow, for tests; GPUs are refused); "xla" never uses it. Full-sequence attention takes it: training,
-held-out loss, and a prompt's prefill under a mesh (pulse_jax.decode); a decode step reads its KV cache through
-XLA.
+`model.attention` picks the implementation (pulse_jax.models.kernels): "auto" runs this kernel when the mesh in
+context is made of TPUs; "splash" forces it (on a CPU it runs in Pallas' interpreter: exact and slow, for tests;
+GPUs are refused). Full-sequence attention takes it: training, held-out loss, and a prompt's prefill under a mesh
+(pulse_jax.decode); a decode step reads its KV cache through XLA.
 
 The kernel works on one example's heads-first [N, T, H] arrays; it is vmapped over the batch and, under a mesh
 (jax.sharding.use_abstract_mesh; pulse_jax.train traces its step under its mesh), shard_mapped so that each device
@@ -27,31 +26,10 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
 from pulse_jax.errors import ConfigError
+from pulse_jax.models.common import mesh_platform
 
 BLOCK = 128  # the kernel's smallest block: sequences are padded to a multiple of it
 BATCH_AXES, HEAD_AXIS = ("data", "fsdp"), "tensor"  # pulse_jax.parallel's mesh axes for rows and heads
-
-
-def resolve(implementation: str, platform: str | None) -> str:
-  """The attention model.attention = `implementation` runs on devices of `platform` ("tpu", "gpu", "cpu"; None
-  for no mesh): "splash" or "xla". "auto" is splash on TPUs only."""
-  if implementation == "auto":
-    return "splash" if platform == "tpu" else "xla"
-  return implementation
-
-
-def uses_splash(implementation: str) -> bool:
-  """Whether full-sequence attention under `implementation` runs the splash kernel in this trace.
-
-  The platform is that of the mesh in context (jax.sharding.get_abstract_mesh), not the default backend: an
-  ahead-of-time compile for a TPU topology on a CPU host (pulse-jax plan) must take the TPU kernel.
-  """
-  return resolve(implementation, _context_platform()) == "splash"
-
-
-def _context_platform() -> str | None:
-  mesh = jax.sharding.get_abstract_mesh()
-  return None if mesh.empty or mesh.abstract_device is None else mesh.abstract_device.platform
 
 
 @functools.lru_cache(maxsize=64)
@@ -106,7 +84,7 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax
   k, v = (heads_first(jnp.repeat(x, groups, axis=2) if groups > 1 else x) for x in (k, v))
   segments = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, padded - length)))
   mesh = jax.sharding.get_abstract_mesh()
-  platform = _context_platform() or jax.default_backend()
+  platform = mesh_platform() or jax.default_backend()
   if platform not in ("tpu", "cpu"):
     raise ConfigError(f"model.attention 'splash' is a TPU kernel; on {platform} use 'auto' or 'xla'")
   local = functools.partial(_local_attention, interpret=platform != "tpu")

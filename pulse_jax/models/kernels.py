@@ -1,0 +1,36 @@
+"""Which full-sequence causal attention a trace runs (training, held-out loss, a prompt's prefill).
+
+`PulseConfig.attention` names it: "xla" (common.causal_attention, everywhere), "splash" (the TPU Pallas kernel,
+pulse_jax.models.splash), "cudnn" (cuDNN's fused kernel on NVIDIA GPUs, pulse_jax.models.cudnn) or "auto", which
+picks by the platform of the mesh in context: splash on TPU, cuDNN on GPU when the compute dtype is one it takes
+(bfloat16, float16), XLA otherwise and without a mesh. A decode step reads its KV cache through XLA whatever this
+says.
+"""
+
+from collections.abc import Callable
+
+import jax
+
+from pulse_jax.models.common import causal_attention, mesh_platform
+from pulse_jax.models.cudnn import cudnn_causal_attention
+from pulse_jax.models.splash import splash_causal_attention
+
+CUDNN_DTYPES = ("bfloat16", "float16")
+_FUNCTIONS = {"xla": causal_attention, "splash": splash_causal_attention, "cudnn": cudnn_causal_attention}
+
+
+def resolve(implementation: str, platform: str | None, dtype: str) -> str:
+  """The attention ("xla", "splash" or "cudnn") that `implementation` means on devices of `platform` ("tpu",
+  "gpu", "cpu"; None for no mesh) at compute `dtype`."""
+  if implementation != "auto":
+    return implementation
+  if platform == "tpu":
+    return "splash"
+  if platform == "gpu" and dtype in CUDNN_DTYPES:
+    return "cudnn"
+  return "xla"
+
+
+def causal_attention_for(implementation: str, dtype: str) -> Callable[..., jax.Array]:
+  """The function f(q [B, T, N, H], k, v [B, T, K, H], valid bool[B, T]) -> [B, T, N, H] this trace runs."""
+  return _FUNCTIONS[resolve(implementation, mesh_platform(), dtype)]
