@@ -63,6 +63,9 @@ def main():
   parser.add_argument("--torch-device", default="cpu", help="where the transformers peer runs (cpu, cuda)")
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
+  # Both sides in full float32: on a GPU, JAX's default matrix precision is TF32 and PyTorch's is not, which would
+  # make the sides compute different functions (and their greedy tokens part at near-ties).
+  jax.config.update("jax_default_matmul_precision", "highest")
   load_before = os.getloadavg()
 
   peer = build_peer().eval()

@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       param_dtype="float32",
       dtype="bfloat16",
       remat="full",
-      attention="auto",  # the splash flash-attention kernel on TPU, XLA attention on GPU and CPU
+      attention="auto",  # flash attention: the splash kernel on TPU, cuDNN's on GPU; XLA attention on CPU
   ))
   # ECGInstruct has 1,156,110 conversations: 9,032 steps per epoch at batch 128, 27,096 in 3 epochs. source "tfds"
   # reads the build below; --config.data.source=standin trains on random examples of the same count and length
