@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from pulse_jax.data.image_processor import CLIP_MEAN, CLIP_STD
 from pulse_jax.errors import ConfigError
+from pulse_jax.models.cudnn import CUDNN_DTYPES
 
 MergeMode = Literal["flat", "spatial_unpad"]
 RematPolicy = Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"]
@@ -131,7 +132,7 @@ class PulseConfig:
         raise ConfigError(f"{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}")
     if self.attention not in ("auto", "xla", "splash", "cudnn"):
       raise ConfigError(f"attention must be 'auto', 'xla', 'splash' or 'cudnn', got {self.attention!r}")
-    if self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+    if self.attention == "cudnn" and self.dtype not in CUDNN_DTYPES:
       raise ConfigError(f"attention 'cudnn' needs bfloat16 or float16 compute (cuDNN's kernel takes no float32), "
                         f"got dtype {self.dtype!r}; use 'auto' or 'xla'")
     if self.merge_mode not in ("flat", "spatial_unpad"):

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from pulse_jax.errors import ConfigError
 from pulse_jax.models.common import mesh_platform
 
+CUDNN_DTYPES = ("bfloat16", "float16")  # the compute dtypes the kernel takes
+
 
 def cudnn_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,
                            implementation: str = "cudnn") -> jax.Array:

@@ -12,10 +12,9 @@ from collections.abc import Callable
 import jax
 
 from pulse_jax.models.common import causal_attention, mesh_platform
-from pulse_jax.models.cudnn import cudnn_causal_attention
+from pulse_jax.models.cudnn import CUDNN_DTYPES, cudnn_causal_attention
 from pulse_jax.models.splash import splash_causal_attention
 
-CUDNN_DTYPES = ("bfloat16", "float16")
 _FUNCTIONS = {"xla": causal_attention, "splash": splash_causal_attention, "cudnn": cudnn_causal_attention}
 
 
