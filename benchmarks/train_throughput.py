@@ -24,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from pulse_jax import flops, parallel, train  # noqa: E402
 from pulse_jax.config import accept_config_overrides, apply_overrides, load_config, model_config  # noqa: E402
+from pulse_jax.models import kernels  # noqa: E402
 
 STANDIN_EXAMPLES = 8  # examples of the stand-in source: the step always takes the first global batch of them
 
@@ -60,6 +61,7 @@ def measure(config, steps: int) -> dict[str, float | str | None]:
   memory = (device.memory_stats() or {}).get("peak_bytes_in_use")
   return {
       "device": f"{jax.device_count()} x {device.device_kind}", "compile_s": compile_seconds,
+      "attention": kernels.resolve(model_cfg.attention, device.platform, model_cfg.dtype),
       "step_s": step_seconds, "tokens_per_s": t.global_batch * batch["input_ids"].shape[1] / step_seconds,
       "model_tflop_per_step": step_flops / 1e12, "mfu": step_flops / (step_seconds * jax.device_count() * peak)
       if peak else None, "peak_gib_per_device": memory / 2**30 if memory else None,
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
   print(f"config: {args.config} {' '.join(args.overrides)}")
   print(f"  LM {text.hidden_size} x {text.num_layers} layers, batch {t.global_batch} x {config.data.seq_len} tokens,"
         f" remat {config.model.remat}, {config.model.dtype} compute on {config.model.param_dtype} weights")
-  print(f"device: {figures['device']}; compile {figures['compile_s']:.1f} s; loss {figures['loss']:.4f}")
+  print(f"device: {figures['device']}; {figures['attention']} attention; compile {figures['compile_s']:.1f} s; "
+        f"loss {figures['loss']:.4f}")
   print(f"step time {figures['step_s']:.4f} s, {figures['tokens_per_s']:,.0f} tokens/s, "
         f"{figures['model_tflop_per_step']:.2f} model TFLOP per step")
   memory = figures["peak_gib_per_device"]
