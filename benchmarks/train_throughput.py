@@ -61,7 +61,7 @@ def measure(config, steps: int) -> dict[str, float | str | None]:
   memory = (device.memory_stats() or {}).get("peak_bytes_in_use")
   return {
       "device": f"{jax.device_count()} x {device.device_kind}", "compile_s": compile_seconds,
-      "attention": kernels.resolve(model_cfg.attention, device.platform, model_cfg.dtype),
+      "attention": kernels.resolve(model_cfg.attention, device.platform, model_cfg.dtype, model_cfg.text.head_dim),
       "step_s": step_seconds, "tokens_per_s": t.global_batch * batch["input_ids"].shape[1] / step_seconds,
       "model_tflop_per_step": step_flops / 1e12, "mfu": step_flops / (step_seconds * jax.device_count() * peak)
       if peak else None, "peak_gib_per_device": memory / 2**30 if memory else None,

@@ -193,7 +193,8 @@ def _start(graphdef, params, ids, mask, pixel_values, layout, active, rng, *, sa
            mesh: Mesh | None) -> DecodeState:
   """Prefill: one pass over the left-padded prompts [B, T] (and images) into a fresh cache; chooses token 0.
 
-  Under `mesh`'s abstract mesh, so that the prompt's attention takes the splash kernel on TPU (models.splash).
+  Under `mesh`'s abstract mesh, so that the prompt's attention takes the platform's kernel (models.kernels: splash
+  on TPU, cuDNN on GPU at bf16 / fp16).
   """
   model = nnx.merge(graphdef, params)
   config = model.config

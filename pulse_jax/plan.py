@@ -183,8 +183,8 @@ class Plan:
     its loops (xla_step_flops) did not.
   model_flops: pulse_jax.flops.train_step_flops, the MFU convention.
   epochs: of `examples` examples; None when the config fixes train.steps instead.
-  attention: the decoder's attention in this program, "splash" (the Pallas kernel, whose FLOPs XLA's cost
-    analysis does not see) or "xla" (pulse_jax.models.kernels.resolve).
+  attention: the decoder's attention in this program (pulse_jax.models.kernels.resolve): "splash" (the Pallas
+    kernel, whose FLOPs XLA's cost analysis does not see) or "xla" ("cudnn" is refused on TPUs).
   """
   topology: str
   chips: int
@@ -242,7 +242,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, *, examples: int
   if peak is None:
     raise ConfigError(f"no peak FLOP/s known for {devices[0].device_kind!r} (pulse_jax.flops.PEAK_FLOPS)")
   mesh = parallel.make_mesh(config.mesh.ici, devices=devices, dcn_shape=config.mesh.dcn)
-  t = config.train
+  t, model = config.train, model_config(config.model)
   total_steps = t.steps or t.epochs * (examples // t.global_batch)
   if total_steps <= 0:
     raise ConfigError(f"{examples} examples make no batch of {t.global_batch}")
@@ -272,13 +272,12 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, *, examples: int
       topology=f"{generation.name}:{'x'.join(map(str, grid))}", chips=len(devices), num_slices=num_slices,
       device_kind=devices[0].device_kind, mesh_shape=dict(mesh.shape), hbm_bytes=generation.hbm_bytes,
       memory=memory, out_of_memory=out_of_memory, xla_flops=xla_flops,
-      model_flops=flops.train_step_flops(model_config(config.model), batch=t.global_batch,
+      model_flops=flops.train_step_flops(model, batch=t.global_batch,
                                          seq_len=config.data.seq_len, vision_trained=vision_trained),
       trained_params=trained_parameters(config), global_batch=t.global_batch, seq_len=config.data.seq_len,
       examples=examples, epochs=None if t.steps else t.epochs, total_steps=total_steps, mfu=mfu, peak_flops=peak,
       compile_seconds=time.perf_counter() - start,
-      attention=kernels.resolve(model_config(config.model).attention, devices[0].platform,
-                                model_config(config.model).dtype))
+      attention=kernels.resolve(model.attention, devices[0].platform, model.dtype, model.text.head_dim))
 
 
 def format_plan(plan: Plan, title: str) -> str:

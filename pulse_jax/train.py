@@ -181,7 +181,7 @@ def make_train_step(config: PulseConfig, mesh: Mesh, *, rules: parallel.Rules, t
     return _state_dict(model, nnx.Optimizer(model, tx, wrt=trainable))
 
   def train_step(state, batch):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's attention reads it (models.splash)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the model's attention reads it (models.kernels)
       return _update(state, batch)
 
   def _update(state, batch):

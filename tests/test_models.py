@@ -340,10 +340,12 @@ def test_cudnn_attention_is_refused_off_gpus_and_in_float32():
 
 def test_auto_attention_takes_the_platforms_kernel():
   from pulse_jax.models.kernels import resolve
-  assert [resolve("auto", platform, "bfloat16") for platform in ("tpu", "gpu", "cpu", None)] == [
+  assert [resolve("auto", platform, "bfloat16", 128) for platform in ("tpu", "gpu", "cpu", None)] == [
       "splash", "cudnn", "xla", "xla"]
-  assert resolve("auto", "gpu", "float32") == "xla"  # cuDNN's kernel takes no float32
-  assert resolve("xla", "tpu", "bfloat16") == "xla" and resolve("splash", "gpu", "float32") == "splash"
+  # cuDNN's kernel takes no float32 and no heads over 128 or of a size not a multiple of 8
+  assert [resolve("auto", "gpu", *case) for case in (("float32", 128), ("float16", 256), ("bfloat16", 36))] == [
+      "xla"] * 3
+  assert resolve("xla", "tpu", "bfloat16", 128) == "xla" and resolve("splash", "gpu", "float32", 64) == "splash"
 
 
 def test_random_init_follows_transformers():

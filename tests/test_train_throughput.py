@@ -21,8 +21,9 @@ def test_figures_of_the_configured_step(monkeypatch, capsys):
 
 
 def test_the_report_names_every_figure(monkeypatch, capsys):
-  figures = {"device": "1 x NVIDIA H200", "attention": "cudnn", "compile_s": 30.0, "step_s": 0.5, "tokens_per_s": 65536.0,
-             "model_tflop_per_step": 200.0, "mfu": 0.404, "peak_gib_per_device": 70.25, "loss": 10.5}
+  figures = {"device": "1 x NVIDIA H200", "attention": "cudnn", "compile_s": 30.0, "step_s": 0.5,
+             "tokens_per_s": 65536.0, "model_tflop_per_step": 200.0, "mfu": 0.404, "peak_gib_per_device": 70.25,
+             "loss": 10.5}
   monkeypatch.setattr(train_throughput, "measure", lambda config, steps: figures)
   train_throughput.main(["--config", "configs/pulse_7b.py", "--steps", "3", "--config.train.global_batch=8"])
   out = capsys.readouterr().out

@@ -6,10 +6,15 @@ score matrix; cuDNN's kernel streams key blocks through on-chip memory with an o
 output and a log-sum-exp per query for the backward pass. jax.nn.dot_product_attention(implementation="cudnn")
 calls it, and JAX's own partitioning rules for that call shard it over a mesh's rows and heads.
 
-Masking: cuDNN's causal mask plus an additive mask that hides padding keys, built from the tokens' validity
-bool[B, T], so left-padded prompts (decode) and right-padded training rows are both exact. The kernel takes
-bfloat16 / float16 only (PulseConfig refuses "cudnn" with float32 compute) and, with a mask, even lengths (an odd
-length is padded by one invalid token).
+Masking: cuDNN's causal mask plus a boolean mask that hides padding keys, built from the tokens' validity
+bool[B, T] (JAX hands it to the kernel as an additive bias), so left-padded prompts (decode) and right-padded
+training rows are both exact. The kernel takes bfloat16 / float16 only (PulseConfig refuses "cudnn" with float32
+compute), heads of a multiple of 8 up to 128 (cudnn_takes; 256 on Hopper), GPUs from Ampere on, and, with a mask,
+even lengths (an odd length is padded by one invalid token).
+
+Cost of the mask: JAX before 0.11 also computes the bias's gradient in the backward pass (unused: JAX 0.11
+skips it for a boolean mask), a [B, 1, T, T] array per layer, all-reduced over `tensor` when heads are split.
+The H200 figures of benchmarks/README.md were taken with JAX 0.11.2.
 """
 
 import jax
@@ -19,6 +24,12 @@ from pulse_jax.errors import ConfigError
 from pulse_jax.models.common import mesh_platform
 
 CUDNN_DTYPES = ("bfloat16", "float16")  # the compute dtypes the kernel takes
+CUDNN_MAX_HEAD_DIM = 128  # on every GPU generation JAX runs the kernel on (Hopper takes 256)
+
+
+def cudnn_takes(dtype: str, head_dim: int) -> bool:
+  """Whether the kernel runs heads of `head_dim` at compute `dtype` (what "auto" checks before choosing it)."""
+  return dtype in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
 
 
 def cudnn_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, *,

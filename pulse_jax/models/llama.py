@@ -95,7 +95,7 @@ class Attention(nnx.Module):
       kv = tuple(jax.lax.dynamic_update_slice(cached, new.transpose(0, 2, 1, 3)[None].astype(cached.dtype),
                                               (layer, zero, zero, end, zero)) for cached, new in zip(kv, (k, v)))
     if kv is None or prefill:
-      out = causal_attention_for(self.implementation, self.dtype)(q, k, v, mask)
+      out = causal_attention_for(self.implementation, self.dtype, self.head_dim)(q, k, v, mask)
     else:
       k, v = (jax.lax.dynamic_index_in_dim(cached, layer, keepdims=False).astype(q.dtype) for cached in kv)
       out = attention(q, k, v, mask, kv_heads_first=True)
