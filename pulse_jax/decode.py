@@ -3,12 +3,12 @@
 `generate` left-pads a batch of prompts to a shared length bucket (so every row's last prompt token sits in the
 same cache slot and one `end` index serves all rows), prefills the KV cache with the prompts and their images in
 one `PulseModel` pass (whose attention runs among the prompt's tokens alone, as in training: never a [B, heads,
-prompt, capacity] score array; the splash kernel on a TPU mesh), then runs the whole decode as a single `lax.while_loop`
-inside the same jit: no Python per token, no host sync until the batch is done. The loop state is an immutable
-`DecodeState`; each step feeds the previous token, picks the next one (greedy, or temperature + top-p sampling),
-and marks a row done at its eos, after which the row emits `pad_id` and its cache slots stay masked. The loop
-stops when every row is done or max_new_tokens is reached. `stream` drives the same prefill and step functions
-from a Python loop, one token at a time, for interactive chat.
+prompt, capacity] score array; under a mesh, the platform's kernel of pulse_jax.models.kernels), then runs the
+whole decode as a single `lax.while_loop` inside the same jit: no Python per token, no host sync until the batch is
+done. The loop state is an immutable `DecodeState`; each step feeds the previous token, picks the next one (greedy,
+or temperature + top-p sampling), and marks a row done at its eos, after which the row emits `pad_id` and its cache
+slots stay masked. The loop stops when every row is done or max_new_tokens is reached. `stream` drives the same
+prefill and step functions from a Python loop, one token at a time, for interactive chat.
 
 Prompt length buckets. Compiled code depends on the padded prompt length, so lengths are rounded up to one of a
 few buckets and batches of similar prompts reuse one executable. `DEFAULT_BUCKETS` are the powers of two from 32

@@ -47,6 +47,12 @@ def mesh_platform() -> str | None:
   return None if mesh.empty or mesh.abstract_device is None else mesh.abstract_device.platform
 
 
+def running_platform() -> str:
+  """The platform this trace runs on: the mesh in context's, else the default backend's (what a kernel checks
+  before it runs)."""
+  return mesh_platform() or jax.default_backend()
+
+
 def dense(in_features: int, out_features: int, axes: tuple[str | None, str | None], *, use_bias: bool,
           param_dtype, dtype, rngs: nnx.Rngs, std: float) -> nnx.Linear:
   """nnx.Linear whose kernel [in, out] carries logical `axes` (the bias takes the output axis); the kernel starts

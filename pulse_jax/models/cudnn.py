@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pulse_jax.errors import ConfigError
-from pulse_jax.models.common import mesh_platform
+from pulse_jax.models.common import running_platform
 
 CUDNN_DTYPES = ("bfloat16", "float16")  # the compute dtypes the kernel takes
 CUDNN_MAX_HEAD_DIM = 128  # on every GPU generation JAX runs the kernel on (Hopper takes 256)
@@ -47,7 +47,7 @@ def cudnn_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.
   Returns:
     [B, T, N, H] in q's dtype, scores scaled by 1/sqrt(H).
   """
-  platform = mesh_platform() or jax.default_backend()
+  platform = running_platform()
   if implementation == "cudnn" and platform != "gpu":
     raise ConfigError(f"model.attention 'cudnn' is an NVIDIA GPU kernel; on {platform} use 'auto' or 'xla'")
   length = q.shape[1]

@@ -26,7 +26,7 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
 from pulse_jax.errors import ConfigError
-from pulse_jax.models.common import mesh_platform
+from pulse_jax.models.common import running_platform
 
 BLOCK = 128  # the kernel's smallest block: sequences are padded to a multiple of it
 BATCH_AXES, HEAD_AXIS = ("data", "fsdp"), "tensor"  # pulse_jax.parallel's mesh axes for rows and heads
@@ -84,7 +84,7 @@ def splash_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax
   k, v = (heads_first(jnp.repeat(x, groups, axis=2) if groups > 1 else x) for x in (k, v))
   segments = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, padded - length)))
   mesh = jax.sharding.get_abstract_mesh()
-  platform = mesh_platform() or jax.default_backend()
+  platform = running_platform()
   if platform not in ("tpu", "cpu"):
     raise ConfigError(f"model.attention 'splash' is a TPU kernel; on {platform} use 'auto' or 'xla'")
   local = functools.partial(_local_attention, interpret=platform != "tpu")
